@@ -1,0 +1,3 @@
+"""tailgate: an AI gateway that knows who is calling from their Tailscale identity."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Configuration: the frozen model, the HuJSON loader and validator, and hot reload."""
