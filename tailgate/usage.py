@@ -7,7 +7,13 @@ the cache and reasoning fields are parts of those totals, never added on top.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from tailgate.dialects import OPERATIONS, Operation
+from tailgate.streams import Reassembled, reassemble, tool_calls
 
 
 @dataclass(slots=True)
@@ -29,6 +35,18 @@ class Usage:
     service_tier: str | None = None
     response_model: str | None = None
     """The model id the upstream reported in its answer, when it reported one."""
+    speed: str | None = None
+    """Anthropic's ``usage.speed`` (``fast`` is priced higher on the models that offer it)."""
+    input_audio_tokens: int = 0
+    """Part of ``input_tokens`` that is audio (cached audio included)."""
+    input_image_tokens: int = 0
+    """Part of ``input_tokens`` that is images or documents (cached ones included)."""
+    cache_audio_read_tokens: int = 0
+    """Part of ``cache_read_tokens`` that is audio."""
+    cache_image_read_tokens: int = 0
+    """Part of ``cache_read_tokens`` that is images or documents."""
+    output_audio_tokens: int = 0
+    output_image_tokens: int = 0
 
     @property
     def uncached_input_tokens(self) -> int:
@@ -37,3 +55,182 @@ class Usage:
     @property
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
+
+
+def usage_from_response(operation: Operation, response: Mapping[str, Any]) -> Usage | None:
+    """The usage a final (or reassembled) answer reports; ``None`` when it reports none.
+
+    Count-tokens operations are not metered and always give ``None``. Missing or null fields
+    count as zero and malformed ones are ignored: this never raises on a mapping.
+    """
+    if not OPERATIONS[operation].metered or not isinstance(response, Mapping):
+        return None
+    if operation is Operation.CHAT_COMPLETIONS:
+        usage = _openai_usage(response, "prompt_tokens", "completion_tokens", "prompt_tokens_details")
+    elif operation is Operation.RESPONSES:
+        usage = _openai_usage(response, "input_tokens", "output_tokens", "input_tokens_details")
+    elif operation is Operation.MESSAGES:
+        usage = _anthropic_usage(response)
+    else:
+        usage = _gemini_usage(response)
+    if usage is not None:
+        usage.tool_calls = len(tool_calls(operation, response))
+    return usage
+
+
+def usage_from_stream(
+    operation: Operation, raw: bytes, *, sse: bool = True
+) -> tuple[Usage | None, Reassembled]:
+    """Reassemble a streamed answer and read its usage; ``partial`` when the stream was cut.
+
+    A cut stream keeps the last running totals it carried (Anthropic's ``message_start`` usage,
+    Gemini's last ``usageMetadata``); OpenAI streams carry none before the end, so give ``None``.
+    """
+    reassembled = reassemble(operation, raw, sse=sse)
+    if reassembled.response is None:
+        return None, reassembled
+    usage = usage_from_response(operation, reassembled.response)
+    if usage is not None and not reassembled.complete:
+        usage.partial = True
+    return usage, reassembled
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return max(value, 0)
+    if isinstance(value, float) and math.isfinite(value):
+        return max(int(value), 0)
+    return 0
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _openai_usage(
+    response: Mapping[str, Any], input_key: str, output_key: str, input_details_key: str
+) -> Usage | None:
+    raw = response.get("usage")
+    if not isinstance(raw, Mapping):
+        return None
+    input_details = _mapping(raw.get(input_details_key))
+    output_details = _mapping(raw.get(output_key + "_details"))
+    usage = Usage(
+        input_tokens=_count(raw.get(input_key)),
+        cache_read_tokens=_count(input_details.get("cached_tokens")),
+        cache_write_tokens=_count(input_details.get("cache_write_tokens")),
+        output_tokens=_count(raw.get(output_key)),
+        reasoning_tokens=_count(output_details.get("reasoning_tokens")),
+        service_tier=_text(response.get("service_tier")),
+        response_model=_text(response.get("model")),
+        input_audio_tokens=_count(input_details.get("audio_tokens")),
+        input_image_tokens=_count(input_details.get("image_tokens")),
+        output_audio_tokens=_count(output_details.get("audio_tokens")),
+        output_image_tokens=_count(output_details.get("image_tokens")),
+    )
+    usage.web_search_requests = _openai_web_searches(response)
+    return usage
+
+
+def _openai_web_searches(response: Mapping[str, Any]) -> int:
+    reported = _mapping(_mapping(response.get("tool_usage")).get("web_search"))
+    if "num_requests" in reported:
+        return _count(reported.get("num_requests"))
+    output = response.get("output")
+    if not isinstance(output, list):
+        return 0
+    return sum(1 for item in output if isinstance(item, Mapping) and item.get("type") == "web_search_call")
+
+
+def _anthropic_usage(response: Mapping[str, Any]) -> Usage | None:
+    raw = response.get("usage")
+    if not isinstance(raw, Mapping):
+        return None
+    uncached = _count(raw.get("input_tokens"))
+    cache_read = _count(raw.get("cache_read_input_tokens"))
+    split = _mapping(raw.get("cache_creation"))
+    write_1h = _count(split.get("ephemeral_1h_input_tokens"))
+    write_5m_reported = _count(split.get("ephemeral_5m_input_tokens"))
+    cache_write = max(_count(raw.get("cache_creation_input_tokens")), write_5m_reported + write_1h)
+    output_details = _mapping(raw.get("output_tokens_details"))
+    return Usage(
+        input_tokens=uncached + cache_read + cache_write,
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        # Creation the split does not account for was written with the default 5-minute TTL.
+        cache_write_5m_tokens=cache_write - write_1h,
+        cache_write_1h_tokens=write_1h,
+        output_tokens=_count(raw.get("output_tokens")),
+        reasoning_tokens=_count(output_details.get("thinking_tokens")),
+        web_search_requests=_count(_mapping(raw.get("server_tool_use")).get("web_search_requests")),
+        service_tier=_text(raw.get("service_tier")),
+        speed=_text(raw.get("speed")),
+        response_model=_text(response.get("model")),
+    )
+
+
+_GEMINI_TRAFFIC_TIERS = {"ON_DEMAND_PRIORITY": "priority", "ON_DEMAND_FLEX": "flex"}
+
+
+def _gemini_usage(response: Mapping[str, Any]) -> Usage | None:
+    raw = response.get("usageMetadata")
+    if not isinstance(raw, Mapping):
+        return None
+    prompt = _count(raw.get("promptTokenCount"))
+    tool_prompt = _count(raw.get("toolUsePromptTokenCount"))
+    candidates = _count(raw.get("candidatesTokenCount"))
+    thoughts = _count(raw.get("thoughtsTokenCount"))
+    total = raw.get("totalTokenCount")
+    # Older answers counted thoughts inside candidates; the total tells which convention is used.
+    if isinstance(total, int) and thoughts and prompt + tool_prompt + candidates == total:
+        output = candidates
+    else:
+        output = candidates + thoughts
+    prompt_modes = _gemini_modalities(raw.get("promptTokensDetails"), raw.get("toolUsePromptTokensDetails"))
+    cache_modes = _gemini_modalities(raw.get("cacheTokensDetails"))
+    output_modes = _gemini_modalities(raw.get("candidatesTokensDetails"))
+    tier = _text(raw.get("serviceTier")) or _text(raw.get("trafficType"))
+    return Usage(
+        input_tokens=prompt + tool_prompt,
+        cache_read_tokens=_count(raw.get("cachedContentTokenCount")),
+        output_tokens=output,
+        reasoning_tokens=thoughts,
+        web_search_requests=_gemini_grounded(response),
+        service_tier=_GEMINI_TRAFFIC_TIERS.get(tier, tier.lower()) if tier else None,
+        response_model=_text(response.get("modelVersion")),
+        input_audio_tokens=prompt_modes.get("AUDIO", 0),
+        input_image_tokens=prompt_modes.get("IMAGE", 0) + prompt_modes.get("DOCUMENT", 0),
+        cache_audio_read_tokens=cache_modes.get("AUDIO", 0),
+        cache_image_read_tokens=cache_modes.get("IMAGE", 0) + cache_modes.get("DOCUMENT", 0),
+        output_audio_tokens=output_modes.get("AUDIO", 0),
+        output_image_tokens=output_modes.get("IMAGE", 0) + output_modes.get("DOCUMENT", 0),
+    )
+
+
+def _gemini_modalities(*lists: object) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for items in lists:
+        if not isinstance(items, list):
+            continue
+        for item in items:
+            if isinstance(item, Mapping) and isinstance(modality := item.get("modality"), str):
+                counts[modality] = counts.get(modality, 0) + _count(item.get("tokenCount"))
+    return counts
+
+
+def _gemini_grounded(response: Mapping[str, Any]) -> int:
+    """1 when Google Search grounding ran (Gemini bills grounded prompts, not queries)."""
+    candidates = response.get("candidates")
+    if not isinstance(candidates, list):
+        return 0
+    for candidate in candidates:
+        grounding = _mapping(_mapping(candidate).get("groundingMetadata"))
+        if grounding.get("webSearchQueries"):
+            return 1
+    return 0
