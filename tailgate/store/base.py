@@ -1,0 +1,170 @@
+"""The request log store: one narrow, synchronous interface with a SQLite and a PostgreSQL backend.
+
+Methods are blocking; the gateway calls them from worker threads, never on the event loop.
+Every read takes an optional ``scope``: a principal the caller is restricted to (a non-admin
+sees only their own data). A record that exists outside the scope is reported as not found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Generic, Literal, Protocol, TypeVar
+
+from tailgate.config.model import Retention
+from tailgate.record import Record
+
+T = TypeVar("T")
+
+UsageDimension = Literal["day", "principal", "provider", "model"]
+USAGE_DIMENSIONS: tuple[UsageDimension, ...] = ("day", "principal", "provider", "model")
+UsageOrder = Literal["key", "cost", "tokens", "requests"]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordFilter:
+    """Conditions on the request log; ``None`` means "any". Times are epoch ms UTC, ``until`` exclusive."""
+
+    principal: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    status: int | None = None
+    outcome: str | None = None
+    session: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFilter:
+    """Sessions of ``principal`` active in ``[since_ms, until_ms)``; ``None`` means "any"."""
+
+    principal: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageQuery:
+    """A range of UTC days (both ends inclusive) and optional dimension values."""
+
+    since: date | None = None
+    until: date | None = None
+    principal: str | None = None
+    provider: str | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a newest-first listing; ``next_cursor`` is ``None`` on the last page."""
+
+    items: list[T]
+    next_cursor: str | None
+
+
+@dataclass(slots=True)
+class Totals:
+    """Counters summed over a group of records. ``cost_nd`` covers priced requests only."""
+
+    requests: int = 0
+    errors: int = 0
+    """Requests whose outcome was not ``ok``."""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_5m_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    reasoning_tokens: int = 0
+    tool_calls: int = 0
+    web_search_requests: int = 0
+    cost_nd: int = 0
+    unpriced: int = 0
+    """Requests with usage but no price: their cost is unknown, not zero."""
+    duration_us: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(slots=True)
+class UsageRow:
+    """Totals for one combination of the requested dimensions; the others are ``None``."""
+
+    totals: Totals
+    day: date | None = None
+    principal: str | None = None
+    provider: str | None = None
+    model: str | None = None
+
+
+@dataclass(slots=True)
+class SessionSummary:
+    session_id: str
+    principal: str
+    first_ts_ms: int
+    last_ts_ms: int
+    totals: Totals
+    last_model: str | None = None
+    user_agent: str | None = None
+
+
+class Store(Protocol):
+    def migrate(self, upto: str | None = None) -> list[str]:
+        """Apply pending migrations (through ``upto`` when given); return the names applied."""
+        ...
+
+    def applied_migrations(self) -> list[str]:
+        """Names of the migrations applied to this database, in order."""
+        ...
+
+    def insert_records(self, records: Iterable[Record]) -> int:
+        """Store records with their captures; idempotent on ``id``. Return how many were new."""
+        ...
+
+    def list_records(
+        self, filters: RecordFilter, *, limit: int = 50, cursor: str | None = None, scope: str | None = None
+    ) -> Page[Record]:
+        """Records matching ``filters``, newest first, without captures."""
+        ...
+
+    def get_record(self, record_id: str, *, scope: str | None = None) -> Record:
+        """One record with its capture (``None`` once purged); raises ``NotFound``."""
+        ...
+
+    def list_sessions(
+        self, filters: SessionFilter, *, limit: int = 50, cursor: str | None = None, scope: str | None = None
+    ) -> Page[SessionSummary]:
+        """Sessions, most recently active first, with their totals."""
+        ...
+
+    def usage(
+        self,
+        query: UsageQuery,
+        by: Sequence[UsageDimension],
+        *,
+        order: UsageOrder = "key",
+        limit: int | None = None,
+        scope: str | None = None,
+    ) -> list[UsageRow]:
+        """Totals grouped by ``by`` (read from the daily roll-ups, never the raw log).
+
+        ``order="key"`` sorts by the dimensions ascending; the others sort by that total, largest first.
+        """
+        ...
+
+    def active_principals(self, query: UsageQuery, *, scope: str | None = None) -> list[tuple[date, int]]:
+        """How many distinct principals made requests, per UTC day, oldest day first."""
+        ...
+
+    def purge(self, retention: Retention, now_ms: int, *, batch_size: int = 1000) -> int:
+        """Delete one batch of captures older than the retention window; return how many went.
+
+        Metric records are always kept. Call again while it returns ``batch_size``.
+        """
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,447 @@
+"""The store's queries, written once in the SQL both backends share.
+
+A backend supplies connections and transactions (:meth:`SQLStore._read`, :meth:`SQLStore._write`)
+and the one statement that differs in substance: inserting a batch of records and telling which
+ids were new. Statements use ``?`` placeholders; the PostgreSQL backend rewrites them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import date
+from functools import partial
+from typing import Any, Protocol, TypeVar
+
+from tailgate.config.model import Retention
+from tailgate.errors import BadRequest, NotFound
+from tailgate.record import Capture, Outcome, Record
+from tailgate.store.base import (
+    Page,
+    RecordFilter,
+    SessionFilter,
+    SessionSummary,
+    Totals,
+    UsageDimension,
+    UsageOrder,
+    UsageQuery,
+    UsageRow,
+)
+from tailgate.store.migrations import MIGRATIONS as STEPS
+from tailgate.store.migrations import Backend, MigrationContext, migration_names
+from tailgate.store.serialize import (
+    RECORD_COLUMNS,
+    Row,
+    date_of,
+    day_number,
+    day_of,
+    decode_bodies,
+    decode_cursor,
+    decode_tools,
+    encode_bodies,
+    encode_cursor,
+    encode_tools,
+    record_row,
+    row_record,
+)
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+TOTALS = (
+    "requests",
+    "errors",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+    "reasoning_tokens",
+    "tool_calls",
+    "web_search_requests",
+    "cost_nd",
+    "unpriced",
+    "duration_us",
+)
+MAX_PAGE = 1000
+_RECORD_SELECT = "SELECT " + ", ".join(RECORD_COLUMNS) + " FROM records"
+_ADD_TOTALS = ", ".join(f"{c} = {{t}}.{c} + excluded.{c}" for c in TOTALS)
+_SUM_TOTALS = ", ".join(f"SUM({c})" for c in TOTALS)
+
+
+class Tx(Protocol):
+    """One open transaction (or autocommit connection) of a backend."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+
+def record_totals(r: Record) -> list[int]:
+    """The roll-up counters one record adds, in :data:`TOTALS` order."""
+    u = r.usage
+    unpriced = int(r.cost_nd is None and u is not None)
+    errors = int(r.outcome != Outcome.OK)
+    if u is None:
+        return [1, errors, 0, 0, 0, 0, 0, 0, 0, 0, 0, r.cost_nd or 0, unpriced, r.duration_us]
+    return [
+        1,
+        errors,
+        u.input_tokens,
+        u.output_tokens,
+        u.cache_read_tokens,
+        u.cache_write_tokens,
+        u.cache_write_5m_tokens,
+        u.cache_write_1h_tokens,
+        u.reasoning_tokens,
+        u.tool_calls,
+        u.web_search_requests,
+        r.cost_nd or 0,
+        unpriced,
+        r.duration_us,
+    ]
+
+
+def _add(into: list[int], more: list[int]) -> None:
+    for i, v in enumerate(more):
+        into[i] += v
+
+
+def _totals(values: Sequence[Any]) -> Totals:
+    return Totals(*(int(v or 0) for v in values))
+
+
+def _page_limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_PAGE:
+        raise BadRequest(f"limit must be between 1 and {MAX_PAGE}")
+    return limit
+
+
+class SQLStore:
+    """Everything but connections: subclasses implement the four underscore hooks."""
+
+    backend: Backend
+    least = "min"
+    greatest = "max"
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        raise NotImplementedError
+
+    def _write(self, work: Callable[[Tx], R]) -> R:
+        """Run ``work`` in one write transaction, committed if it returns."""
+        raise NotImplementedError
+
+    def _insert_new(self, tx: Tx, rows: list[Row]) -> set[str]:
+        """Insert the rows whose id is not stored yet; return the ids inserted."""
+        raise NotImplementedError
+
+    def _lock_migrations(self, tx: Tx) -> None:
+        """Serialise concurrent migrators (another process starting at the same time)."""
+
+    def _after_purge(self, deleted: int, batch_size: int) -> None:
+        """Give freed space back (or make it reusable) after a purge batch."""
+
+    # -- migrations -----------------------------------------------------------------------
+
+    def migrate(self, upto: str | None = None) -> list[str]:
+        names = migration_names()
+        if upto is not None and upto not in names:
+            raise ValueError(f"unknown migration {upto!r}")
+        steps = STEPS[: names.index(upto) + 1] if upto else STEPS
+
+        def work(tx: Tx) -> list[str]:
+            self._lock_migrations(tx)
+            tx.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at_ms BIGINT)")
+            done = {row[0] for row in tx.execute("SELECT name FROM _migrations")}
+            ctx = MigrationContext(self.backend, tx.execute)
+            applied = []
+            for step in steps:
+                if step.__name__ in done:
+                    continue
+                step(ctx)
+                tx.execute(
+                    "INSERT INTO _migrations (name, applied_at_ms) VALUES (?, ?)",
+                    (step.__name__, _now_ms()),
+                )
+                applied.append(step.__name__)
+            return applied
+
+        applied = self._write(work)
+        if applied:
+            log.info("store migrated: %s", ", ".join(applied))
+        return applied
+
+    def applied_migrations(self) -> list[str]:
+        return [row[0] for row in self._read("SELECT name FROM _migrations ORDER BY name")]
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def insert_records(self, records: Iterable[Record]) -> int:
+        batch: dict[str, Record] = {}
+        for r in records:
+            batch.setdefault(r.id, r)
+        if not batch:
+            return 0
+        rows = [record_row(r) for r in batch.values()]
+        return self._write(lambda tx: self._insert_batch(tx, batch, rows))
+
+    def _insert_batch(self, tx: Tx, batch: dict[str, Record], rows: list[Row]) -> int:
+        new_ids = self._insert_new(tx, rows)
+        fresh = [batch[i] for i in batch if i in new_ids]
+        captured = [r for r in fresh if r.capture is not None]
+        if captured:
+            tx.executemany(
+                "INSERT INTO capture_bodies (record_id, ts_ms, data) VALUES (?, ?, ?)",
+                [(r.id, r.ts_ms, encode_bodies(r.capture)) for r in captured if r.capture is not None],
+            )
+            tx.executemany(
+                "INSERT INTO capture_tools (record_id, ts_ms, data) VALUES (?, ?, ?)",
+                [
+                    (r.id, r.ts_ms, encode_tools(r.capture))
+                    for r in captured
+                    if r.capture is not None and r.capture.tool_calls
+                ],
+            )
+        rollups: dict[tuple[int, str, str, str], list[int]] = {}
+        sessions: dict[tuple[str, str], tuple[list[int], list[Record]]] = {}
+        for r in fresh:
+            totals = record_totals(r)
+            key = (day_number(r.ts_ms), r.principal, r.provider or "", r.model or "")
+            if key in rollups:
+                _add(rollups[key], totals)
+            else:
+                rollups[key] = totals[:]
+            if r.session_id is not None:
+                entry = sessions.setdefault((r.principal, r.session_id), ([0] * len(TOTALS), []))
+                _add(entry[0], totals)
+                entry[1].append(r)
+        # Sorted, so that concurrent writers take row locks in one order and never deadlock.
+        if rollups:
+            tx.executemany(self._rollup_upsert, [(*k, *rollups[k]) for k in sorted(rollups)])
+        if sessions:
+            tx.executemany(self._session_upsert, [_session_row(k, *sessions[k]) for k in sorted(sessions)])
+        return len(fresh)
+
+    @property
+    def _rollup_upsert(self) -> str:
+        return (
+            f"INSERT INTO rollups (day, principal, provider, model, {', '.join(TOTALS)}) "
+            f"VALUES ({', '.join('?' * (4 + len(TOTALS)))}) "
+            f"ON CONFLICT (day, principal, provider, model) DO UPDATE SET {_ADD_TOTALS.format(t='rollups')}"
+        )
+
+    @property
+    def _session_upsert(self) -> str:
+        return (
+            "INSERT INTO sessions (principal, session_id, first_ts_ms, last_ts_ms, last_model, user_agent, "
+            f"{', '.join(TOTALS)}) VALUES ({', '.join('?' * (6 + len(TOTALS)))}) "
+            "ON CONFLICT (principal, session_id) DO UPDATE SET "
+            f"first_ts_ms = {self.least}(sessions.first_ts_ms, excluded.first_ts_ms), "
+            f"last_ts_ms = {self.greatest}(sessions.last_ts_ms, excluded.last_ts_ms), "
+            "last_model = CASE WHEN excluded.last_ts_ms >= sessions.last_ts_ms "
+            "THEN excluded.last_model ELSE sessions.last_model END, "
+            "user_agent = CASE WHEN excluded.first_ts_ms < sessions.first_ts_ms "
+            "THEN excluded.user_agent ELSE sessions.user_agent END, "
+            f"{_ADD_TOTALS.format(t='sessions')}"
+        )
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def list_records(
+        self, filters: RecordFilter, *, limit: int = 50, cursor: str | None = None, scope: str | None = None
+    ) -> Page[Record]:
+        limit = _page_limit(limit)
+        where, params = _record_conditions(filters, scope)
+        if cursor is not None:
+            where.append("(ts_ms, id) < (?, ?)")
+            params.extend(decode_cursor(cursor, (int, str)))
+        sql = f"{_RECORD_SELECT}{_where(where)} ORDER BY ts_ms DESC, id DESC LIMIT ?"
+        rows = self._read(sql, (*params, limit + 1))
+        items = [row_record(row) for row in rows[:limit]]
+        more = len(rows) > limit
+        return Page(items, encode_cursor(items[-1].ts_ms, items[-1].id) if more else None)
+
+    def get_record(self, record_id: str, *, scope: str | None = None) -> Record:
+        where, params = ["id = ?"], [record_id]
+        if scope is not None:
+            where.append("principal = ?")
+            params.append(scope)
+        rows = self._read(f"{_RECORD_SELECT}{_where(where)}", params)
+        if not rows:
+            raise NotFound(f"no record {record_id!r}")
+        record = row_record(rows[0])
+        bodies = self._read("SELECT data FROM capture_bodies WHERE record_id = ?", (record_id,))
+        tools = self._read("SELECT data FROM capture_tools WHERE record_id = ?", (record_id,))
+        if bodies or tools:
+            record.capture = Capture()
+            if bodies:
+                decode_bodies(bytes(bodies[0][0]), record.capture)
+            if tools:
+                record.capture.tool_calls = decode_tools(bytes(tools[0][0]))
+        return record
+
+    def list_sessions(
+        self, filters: SessionFilter, *, limit: int = 50, cursor: str | None = None, scope: str | None = None
+    ) -> Page[SessionSummary]:
+        limit = _page_limit(limit)
+        where: list[str] = []
+        params: list[Any] = []
+        for condition, value in (
+            ("principal = ?", filters.principal),
+            ("principal = ?", scope),
+            ("last_ts_ms >= ?", filters.since_ms),
+            ("first_ts_ms < ?", filters.until_ms),
+        ):
+            if value is not None:
+                where.append(condition)
+                params.append(value)
+        if cursor is not None:
+            where.append("(last_ts_ms, principal, session_id) < (?, ?, ?)")
+            params.extend(decode_cursor(cursor, (int, str, str)))
+        sql = (
+            "SELECT session_id, principal, first_ts_ms, last_ts_ms, last_model, user_agent, "
+            f"{', '.join(TOTALS)} FROM sessions{_where(where)} "
+            "ORDER BY last_ts_ms DESC, principal DESC, session_id DESC LIMIT ?"
+        )
+        rows = self._read(sql, (*params, limit + 1))
+        items = [
+            SessionSummary(
+                session_id=row[0],
+                principal=row[1],
+                first_ts_ms=row[2],
+                last_ts_ms=row[3],
+                last_model=row[4],
+                user_agent=row[5],
+                totals=_totals(row[6:]),
+            )
+            for row in rows[:limit]
+        ]
+        if len(rows) <= limit:
+            return Page(items, None)
+        last = items[-1]
+        return Page(items, encode_cursor(last.last_ts_ms, last.principal, last.session_id))
+
+    def usage(
+        self,
+        query: UsageQuery,
+        by: Sequence[UsageDimension],
+        *,
+        order: UsageOrder = "key",
+        limit: int | None = None,
+        scope: str | None = None,
+    ) -> list[UsageRow]:
+        dims = list(dict.fromkeys(by))
+        if any(d not in ("day", "principal", "provider", "model") for d in dims):
+            raise BadRequest(f"cannot group usage by {by!r}")
+        where, params = _usage_conditions(query, scope)
+        group = f" GROUP BY {', '.join(dims)}" if dims else ""
+        keys = ", ".join(dims)
+        ordering = {
+            "key": keys,
+            "cost": "SUM(cost_nd) DESC",
+            "tokens": "SUM(input_tokens) + SUM(output_tokens) DESC",
+            "requests": "SUM(requests) DESC",
+        }[order]
+        if order != "key" and keys:
+            ordering += f", {keys}"
+        sql = f"SELECT {keys + ', ' if keys else ''}{_SUM_TOTALS} FROM rollups{_where(where)}{group}"
+        if ordering:
+            sql += f" ORDER BY {ordering}"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        result = []
+        for row in self._read(sql, params):
+            totals = _totals(row[len(dims) :])
+            if not dims and totals.requests == 0:
+                return []
+            out = UsageRow(totals)
+            for name, value in zip(dims, row, strict=False):
+                if name == "day":
+                    out.day = date_of(int(value))
+                else:
+                    setattr(out, name, value or None)
+            result.append(out)
+        return result
+
+    def active_principals(self, query: UsageQuery, *, scope: str | None = None) -> list[tuple[date, int]]:
+        where, params = _usage_conditions(query, scope)
+        sql = f"SELECT day, COUNT(DISTINCT principal) FROM rollups{_where(where)} GROUP BY day ORDER BY day"
+        return [(date_of(int(day)), int(n)) for day, n in self._read(sql, params)]
+
+    # -- retention ------------------------------------------------------------------------
+
+    def purge(self, retention: Retention, now_ms: int, *, batch_size: int = 1000) -> int:
+        # require_export keeps unexported captures; with no exporter, that is all of them.
+        if retention.duration is None or retention.require_export:
+            return 0
+        cutoff = now_ms - retention.duration * 1000
+        kinds = (("captures", "capture_bodies"), ("tools", "capture_tools"))
+        deleted = 0
+        for kind, table in kinds:
+            if kind in retention.purge:
+                deleted += self._write(partial(_purge_batch, table=table, cutoff_ms=cutoff, limit=batch_size))
+        self._after_purge(deleted, batch_size)
+        return deleted
+
+
+def _purge_batch(tx: Tx, *, table: str, cutoff_ms: int, limit: int) -> int:
+    gone = tx.execute(
+        f"DELETE FROM {table} WHERE record_id IN "
+        f"(SELECT record_id FROM {table} WHERE ts_ms < ? ORDER BY ts_ms LIMIT ?) RETURNING record_id",
+        (cutoff_ms, limit),
+    )
+    return len(gone)
+
+
+def _session_row(key: tuple[str, str], totals: list[int], records: list[Record]) -> Row:
+    first = min(records, key=lambda r: (r.ts_ms, r.id))
+    last = max(records, key=lambda r: (r.ts_ms, r.id))
+    return (*key, first.ts_ms, last.ts_ms, last.model, first.user_agent, *totals)
+
+
+def _where(conditions: list[str]) -> str:
+    return f" WHERE {' AND '.join(conditions)}" if conditions else ""
+
+
+def _record_conditions(f: RecordFilter, scope: str | None) -> tuple[list[str], list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
+    for condition, value in (
+        ("principal = ?", f.principal),
+        ("principal = ?", scope),
+        ("model = ?", f.model),
+        ("provider = ?", f.provider),
+        ("status = ?", f.status),
+        ("outcome = ?", f.outcome),
+        ("session_id = ?", f.session),
+        ("ts_ms >= ?", f.since_ms),
+        ("ts_ms < ?", f.until_ms),
+    ):
+        if value is not None:
+            where.append(condition)
+            params.append(value)
+    return where, params
+
+
+def _usage_conditions(q: UsageQuery, scope: str | None) -> tuple[list[str], list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
+    for condition, value in (
+        ("day >= ?", day_of(q.since) if q.since else None),
+        ("day <= ?", day_of(q.until) if q.until else None),
+        ("principal = ?", q.principal),
+        ("principal = ?", scope),
+        ("provider = ?", q.provider),
+        ("model = ?", q.model),
+    ):
+        if value is not None:
+            where.append(condition)
+            params.append(value)
+    return where, params
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000

@@ -1,0 +1,145 @@
+"""PostgreSQL for the tests: the real server on 127.0.0.1:5432, one schema per test.
+
+The server is started if it is down; if it still cannot be reached the tests fail, never skip.
+Every schema a test run creates shares one prefix and is dropped when the run ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import glob
+import os
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import psycopg
+import pytest
+
+HOST, PORT, DATABASE = "127.0.0.1", 5432, "test"
+_RUN = f"tailgate_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+_counter = iter(range(1_000_000))
+
+
+def _admin_url(user: str) -> str:
+    return f"postgresql://{user}@{HOST}:{PORT}/{DATABASE}"
+
+
+def _try_connect() -> str | None:
+    for user in dict.fromkeys(("postgres", "root", getpass.getuser())):
+        try:
+            with psycopg.connect(_admin_url(user), connect_timeout=3) as conn:
+                conn.execute("SELECT 1")
+            return _admin_url(user)
+        except psycopg.OperationalError:
+            continue
+    return None
+
+
+def _start_server() -> None:
+    for version_dir in sorted(glob.glob("/etc/postgresql/*")):
+        version = os.path.basename(version_dir)
+        subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
+            check=False,
+            capture_output=True,
+            timeout=60,
+        )
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str]:
+    """A superuser URL to the ``test`` database; drops this run's schemas at the end."""
+    url = _try_connect()
+    if url is None:
+        _start_server()
+        deadline = time.monotonic() + 30
+        while url is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            url = _try_connect()
+    if url is None:
+        pytest.fail("PostgreSQL is not reachable on 127.0.0.1:5432 and could not be started")
+    yield url
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", (_RUN.replace("_", r"\_") + "%",)
+        ).fetchall()
+        for (schema,) in rows:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def new_schema_url(admin_url: str, host: str = HOST, port: int = PORT) -> str:
+    """A fresh, empty schema of this run, as a store URL (optionally through a proxy)."""
+    schema = f"{_RUN}_{next(_counter)}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    user = admin_url.split("//", 1)[1].split("@", 1)[0]
+    options = quote(f"-csearch_path={schema}")
+    return f"postgresql://{user}@{host}:{port}/{DATABASE}?options={options}"
+
+
+class TcpProxy:
+    """A loopback TCP forwarder that can be cut (refusing and dropping connections) and restored."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port: int = probe.getsockname()[1]
+        probe.close()
+        self._listener: socket.socket | None = None
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        """Stop listening and reset every open connection."""
+        with self._lock:
+            listener, self._listener = self._listener, None
+            sockets, self._sockets = self._sockets, set()
+        if listener is not None:
+            listener.close()
+        for s in sockets:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target, timeout=5)
+            upstream.settimeout(None)
+            with self._lock:
+                if self._listener is not listener:
+                    client.close()
+                    upstream.close()
+                    return
+                self._sockets |= {client, upstream}
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
