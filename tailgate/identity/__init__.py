@@ -49,6 +49,10 @@ class Identity:
     other_capabilities: Mapping[str, Any] = field(default_factory=dict)
     """Every other app capability the caller holds (passed to hooks, never interpreted)."""
     key_id: str | None = None
+    node_name: str | None = None
+    """The caller's device: its MagicDNS name without the trailing dot (``alice-mbp.tail9f3c2.ts.net``)."""
+    shared_in: bool = False
+    """The node was shared in from another tailnet; its login belongs to that tailnet."""
 
 
 LOOPBACK_IDENTITY = Identity(
