@@ -135,11 +135,11 @@ class UpstreamTimeout(GatewayError):
 def error_body(error: GatewayError, dialect: Dialect) -> bytes:
     """The JSON error body for ``error`` in the caller's dialect."""
     if dialect is Dialect.ANTHROPIC:
-        return orjson.dumps({"type": "error", "error": {"type": error.anthropic_type, "message": error.message}})
+        anthropic = {"type": error.anthropic_type, "message": error.message}
+        return orjson.dumps({"type": "error", "error": anthropic})
     if dialect is Dialect.GEMINI:
-        return orjson.dumps(
-            {"error": {"code": error.status, "message": error.message, "status": error.gemini_status}}
-        )
+        gemini = {"code": error.status, "message": error.message, "status": error.gemini_status}
+        return orjson.dumps({"error": gemini})
     if isinstance(error, QuotaExceeded):
         # The exact body Aperture documents for an exhausted bucket (no "param").
         return orjson.dumps(

@@ -1,0 +1,3 @@
+from tailgate.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,389 @@
+"""A pooled HTTP/1.1 client for upstream providers, on asyncio and httptools.
+
+Connections are kept alive per origin and reused. A response body is handed over chunk by chunk
+as it arrives (never buffered whole), with back-pressure: when the consumer falls behind, reading
+from the upstream pauses. Closing a response early aborts its connection, which is how a client
+that went away cancels the upstream request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections import deque
+from dataclasses import dataclass, field
+from typing import cast
+from urllib.parse import urlsplit
+
+import httptools
+
+from tailgate.errors import UpstreamTimeout, UpstreamUnreachable
+from tailgate.http.messages import Headers
+
+_READ_HIGH_WATER = 1024 * 1024
+_IDLE_KEEPALIVE = 50.0
+_MAX_IDLE_PER_ORIGIN = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    scheme: str
+    host: str
+    port: int
+    base_path: str = ""
+    """The path part of the base URL, without a trailing slash (``/api`` for ``https://x/api/``)."""
+    host_header: bytes = field(default=b"", compare=False)
+
+    @classmethod
+    def from_url(cls, url: str) -> Origin:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        default_port = 443 if scheme == "https" else 80
+        port = parts.port or default_port
+        host = parts.hostname
+        shown = f"[{host}]" if ":" in host else host
+        host_header = shown if port == default_port else f"{shown}:{port}"
+        return cls(scheme, host, port, parts.path.rstrip("/"), host_header.encode("idna"))
+
+
+class UpstreamClosed(Exception):
+    """The upstream connection ended before the response was complete."""
+
+
+class _UpstreamProtocol(asyncio.Protocol):
+    """One upstream connection: writes a request, parses the response, buffers body chunks."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.head_waiter: asyncio.Future[None] | None = None
+        self.body_waiter: asyncio.Future[None] | None = None
+        self.status = 0
+        self.headers: Headers = []
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.head_done = False
+        self.complete = False
+        self.closed = False
+        self.error: BaseException | None = None
+        self.received_any = False
+        self.reading_paused = False
+        self.keep_alive = True
+        self.idle_handle: asyncio.TimerHandle | None = None
+
+    def reset(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.status = 0
+        self.headers = []
+        self.chunks.clear()
+        self.buffered = 0
+        self.head_done = False
+        self.complete = False
+        self.received_any = False
+        self.keep_alive = True
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.complete and self.error is None:
+            self.error = UpstreamClosed(str(exc) if exc else "upstream closed the connection")
+        self._wake()
+
+    def data_received(self, data: bytes) -> None:
+        self.received_any = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.error = UpstreamClosed(f"upstream sent a malformed HTTP response ({exc})")
+            self.keep_alive = False
+            if self.transport is not None:
+                self.transport.abort()
+            self._wake()
+
+    def eof_received(self) -> bool | None:
+        # A response without content-length or chunking ends at EOF.
+        with contextlib.suppress(httptools.HttpParserError):
+            self.parser.feed_data(b"")
+        return None
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()
+        self.head_done = True
+        waiter = self.head_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        self.buffered += len(body)
+        if self.buffered > _READ_HIGH_WATER and not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+        waiter = self.body_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self._wake()
+
+    def _wake(self) -> None:
+        for waiter in (self.head_waiter, self.body_waiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+
+class UpstreamResponse:
+    """The head of an upstream response, and its body as it arrives."""
+
+    __slots__ = ("_conn", "_done", "_pool", "_timeout", "headers", "origin", "status")
+
+    def __init__(self, pool: UpstreamPool, origin: Origin, conn: _UpstreamProtocol, timeout: float) -> None:
+        self._pool = pool
+        self.origin = origin
+        self._conn = conn
+        self._timeout = timeout
+        self._done = False
+        self.status = conn.status
+        self.headers = conn.headers
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    async def next_chunk(self) -> bytes | None:
+        """The body bytes received since the last call, or None at the end of the body.
+
+        Raises :class:`UpstreamClosed` if the upstream dies mid-body and
+        :class:`~tailgate.errors.UpstreamTimeout` if it stays silent for too long.
+        """
+        conn = self._conn
+        while True:
+            if conn.chunks:
+                if len(conn.chunks) == 1:
+                    data = conn.chunks.popleft()
+                else:
+                    data = b"".join(conn.chunks)
+                    conn.chunks.clear()
+                conn.buffered = 0
+                if conn.reading_paused and conn.transport is not None:
+                    conn.reading_paused = False
+                    conn.transport.resume_reading()
+                return data
+            if conn.complete:
+                self._finish()
+                return None
+            if conn.error is not None:
+                self._done = True
+                self._pool._discard(conn)
+                raise conn.error
+            waiter = conn.loop.create_future()
+            conn.body_waiter = waiter
+            handle = conn.loop.call_later(self._timeout, _expire, waiter)
+            try:
+                await waiter
+            except TimeoutError as exc:
+                self.close()
+                raise UpstreamTimeout(f"the upstream sent nothing for {self._timeout:g} seconds") from exc
+            finally:
+                handle.cancel()
+                conn.body_waiter = None
+
+    async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        while (chunk := await self.next_chunk()) is not None:
+            parts.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                self.close()
+                raise UpstreamClosed("upstream response too large")
+        return b"".join(parts)
+
+    def _finish(self) -> None:
+        if not self._done:
+            self._done = True
+            self._pool._release(self.origin, self._conn)
+
+    def close(self) -> None:
+        """Stop reading; an unfinished body aborts the connection (cancelling the upstream call)."""
+        if self._done:
+            return
+        self._done = True
+        if self._conn.complete and not self._conn.chunks:
+            self._pool._release(self.origin, self._conn)
+        else:
+            self._pool._discard(self._conn)
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+class UpstreamPool:
+    """Keep-alive connections per origin, shared by every request of one event loop."""
+
+    def __init__(self, *, connect_timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.connect_timeout = connect_timeout
+        self._ssl = ssl_context
+        self._idle: dict[Origin, list[_UpstreamProtocol]] = {}
+        self._closed = False
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context()
+        return self._ssl
+
+    async def _connect(self, origin: Origin) -> _UpstreamProtocol:
+        loop = asyncio.get_running_loop()
+        ssl_ctx = self._ssl_context() if origin.scheme == "https" else None
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, proto = await loop.create_connection(
+                    lambda: _UpstreamProtocol(loop),
+                    origin.host,
+                    origin.port,
+                    ssl=ssl_ctx,
+                    server_hostname=origin.host if ssl_ctx else None,
+                )
+        except TimeoutError as exc:
+            raise UpstreamTimeout(
+                f"could not connect to the upstream {origin.host}:{origin.port} "
+                f"within {self.connect_timeout:g} seconds"
+            ) from exc
+        except (OSError, ssl.SSLError) as exc:
+            raise UpstreamUnreachable(
+                f"could not connect to the upstream {origin.host}:{origin.port}: {_describe(exc)}"
+            ) from exc
+        return proto
+
+    def _acquire_idle(self, origin: Origin) -> _UpstreamProtocol | None:
+        idle = self._idle.get(origin)
+        while idle:
+            conn = idle.pop()
+            if conn.idle_handle is not None:
+                conn.idle_handle.cancel()
+                conn.idle_handle = None
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        return None
+
+    def _release(self, origin: Origin, conn: _UpstreamProtocol) -> None:
+        if self._closed or conn.closed or not conn.keep_alive or not conn.complete:
+            self._discard(conn)
+            return
+        idle = self._idle.setdefault(origin, [])
+        if len(idle) >= _MAX_IDLE_PER_ORIGIN:
+            self._discard(conn)
+            return
+        conn.reset()
+        conn.idle_handle = conn.loop.call_later(_IDLE_KEEPALIVE, self._expire_idle, origin, conn)
+        idle.append(conn)
+
+    def _expire_idle(self, origin: Origin, conn: _UpstreamProtocol) -> None:
+        idle = self._idle.get(origin)
+        if idle and conn in idle:
+            idle.remove(conn)
+        self._discard(conn)
+
+    def _discard(self, conn: _UpstreamProtocol) -> None:
+        conn.closed = True
+        if conn.idle_handle is not None:
+            conn.idle_handle.cancel()
+            conn.idle_handle = None
+        if conn.transport is not None and not conn.transport.is_closing():
+            conn.transport.abort()
+
+    async def request(
+        self,
+        origin: Origin,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        body: bytes,
+        *,
+        timeout: float,
+    ) -> UpstreamResponse:
+        """Send a request and wait for the response head (at most ``timeout`` seconds)."""
+        head = [method, b" ", target, b" HTTP/1.1\r\nhost: ", origin.host_header, b"\r\n"]
+        for name, value in headers:
+            head.append(name + b": " + value + b"\r\n")
+        head.append(b"content-length: %d\r\n\r\n" % len(body))
+        payload = b"".join(head) + body
+
+        conn = self._acquire_idle(origin)
+        reused = conn is not None
+        if conn is None:
+            conn = await self._connect(origin)
+        try:
+            return await self._exchange(origin, conn, payload, timeout)
+        except UpstreamClosed:
+            if not reused or conn.received_any:
+                raise
+        # A kept-alive connection the upstream had already closed: retry once on a fresh one.
+        conn = await self._connect(origin)
+        return await self._exchange(origin, conn, payload, timeout)
+
+    async def _exchange(
+        self, origin: Origin, conn: _UpstreamProtocol, payload: bytes, timeout: float
+    ) -> UpstreamResponse:
+        assert conn.transport is not None
+        conn.transport.write(payload)
+        if not conn.head_done:
+            waiter = conn.loop.create_future()
+            conn.head_waiter = waiter
+            handle = conn.loop.call_later(timeout, _expire, waiter)
+            try:
+                await waiter
+            except TimeoutError as exc:
+                self._discard(conn)
+                raise UpstreamTimeout(
+                    f"the upstream {origin.host}:{origin.port} did not answer within {timeout:g} seconds"
+                ) from exc
+            except BaseException:
+                self._discard(conn)
+                raise
+            finally:
+                handle.cancel()
+                conn.head_waiter = None
+        if not conn.head_done:
+            self._discard(conn)
+            raise conn.error or UpstreamClosed("upstream closed the connection")
+        return UpstreamResponse(self, origin, conn, timeout)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for idle in self._idle.values():
+            for conn in idle:
+                self._discard(conn)
+        self._idle.clear()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return f"name resolution failed ({exc.strerror})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error ({exc.reason or exc})"
+    return exc.strerror or str(exc) or type(exc).__name__

@@ -1,0 +1,281 @@
+"""The HTTP server and the upstream pool, over real loopback sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from tailgate.errors import GatewayError, UpstreamTimeout, UpstreamUnreachable
+from tailgate.http.client import Origin, UpstreamClosed, UpstreamPool
+from tailgate.http.messages import Request, Response, StreamingResponse
+from tailgate.http.server import HttpServer, ServerSettings
+
+Handler = Callable[[Request], Awaitable[Response | StreamingResponse | None]]
+
+
+def _render(path: str, error: GatewayError) -> Response:
+    return Response(error.status, error.message.encode())
+
+
+async def _serve(handler: Handler, max_body: int = 1 << 20) -> tuple[HttpServer, int]:
+    server = HttpServer(handler, _render, ServerSettings(max_body_bytes=max_body))
+    address = await server.listen("127.0.0.1:0")
+    return server, int(address.rsplit(":", 1)[1])
+
+
+async def _raw(port: int, data: bytes, *, read_until_close: bool = True, wait: float = 2.0) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    out = b""
+    try:
+        async with asyncio.timeout(wait):
+            while chunk := await reader.read(65536):
+                out += chunk
+                if not read_until_close:
+                    break
+    except TimeoutError:
+        pass
+    writer.close()
+    return out
+
+
+async def _echo(request: Request) -> Response:
+    return Response(200, request.method.encode() + b" " + request.target + b" " + request.body, content_type=None)
+
+
+def test_keep_alive_and_pipelining_answer_in_order() -> None:
+    async def scenario() -> bytes:
+        server, port = await _serve(_echo)
+        data = (
+            b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\none"
+            b"POST /b?q=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\ntwo"
+            b"GET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        out = await _raw(port, data)
+        await server.close()
+        return out
+
+    out = asyncio.run(scenario())
+    assert out.count(b"HTTP/1.1 200 OK") == 3
+    first, second, third = out.index(b"POST /a one"), out.index(b"POST /b?q=1 two"), out.index(b"GET /c ")
+    assert first < second < third
+    assert out.rstrip().endswith(b"GET /c")
+
+
+def test_expect_continue_and_chunked_request_body() -> None:
+    async def scenario() -> tuple[bytes, bytes]:
+        server, port = await _serve(_echo)
+        continued = await _raw(
+            port,
+            b"POST /x HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+        )
+        chunked = await _raw(
+            port,
+            b"POST /y HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        )
+        await server.close()
+        return continued, chunked
+
+    continued, chunked = asyncio.run(scenario())
+    assert continued.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK")
+    assert continued.endswith(b"POST /x hi")
+    assert chunked.endswith(b"POST /y abcde")
+
+
+def test_oversized_body_is_refused_before_it_is_read() -> None:
+    async def scenario() -> bytes:
+        server, port = await _serve(_echo, max_body=10)
+        out = await _raw(port, b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n")
+        await server.close()
+        return out
+
+    out = asyncio.run(scenario())
+    assert out.startswith(b"HTTP/1.1 413 ")
+    assert b"larger than the limit of 10 bytes" in out
+    assert b"connection: close" in out
+
+
+def test_malformed_request_gets_400() -> None:
+    async def scenario() -> bytes:
+        server, port = await _serve(_echo)
+        out = await _raw(port, b"NOT HTTP AT ALL\r\n\r\n")
+        await server.close()
+        return out
+
+    assert asyncio.run(scenario()).startswith(b"HTTP/1.1 400 ")
+
+
+def test_client_disconnect_cancels_the_handler() -> None:
+    cancelled = asyncio.Event()
+
+    async def wait_forever(request: Request) -> Response:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return Response(200)
+
+    async def scenario() -> bool:
+        server, port = await _serve(wait_forever)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.close()
+        async with asyncio.timeout(2):
+            await cancelled.wait()
+        await server.close()
+        return cancelled.is_set()
+
+    assert asyncio.run(scenario())
+
+
+def test_streaming_response_and_head() -> None:
+    async def stream(request: Request) -> StreamingResponse:
+        async def chunks():  # type: ignore[no-untyped-def]
+            for part in (b"alpha", b"beta", b"gamma"):
+                yield part
+
+        return StreamingResponse(chunks(), content_type=b"text/plain")
+
+    async def scenario() -> tuple[bytes, bytes]:
+        server, port = await _serve(stream)
+        got = await _raw(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        head = await _raw(port, b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        await server.close()
+        return got, head
+
+    got, head = asyncio.run(scenario())
+    assert b"transfer-encoding: chunked" in got
+    assert got.endswith(b"5\r\nalpha\r\n4\r\nbeta\r\n5\r\ngamma\r\n0\r\n\r\n")
+    assert head.endswith(b"\r\n\r\n") and b"alpha" not in head
+
+
+def test_pool_reuses_connections_and_streams_body() -> None:
+    connections: list[object] = []
+
+    async def handler(request: Request) -> StreamingResponse | Response:
+        if request.conn not in connections:
+            connections.append(request.conn)
+        if request.path == "/stream":
+
+            async def chunks():  # type: ignore[no-untyped-def]
+                for i in range(3):
+                    yield b"data: %d\n\n" % i
+                    await asyncio.sleep(0.01)
+
+            return StreamingResponse(chunks(), content_type=b"text/event-stream")
+        return Response(200, b'{"ok":true}')
+
+    async def scenario() -> list[bytes]:
+        server, port = await _serve(handler)
+        pool = UpstreamPool()
+        origin = Origin.from_url(f"http://127.0.0.1:{port}")
+        bodies = []
+        for _ in range(3):
+            response = await pool.request(origin, b"POST", b"/json", [], b"{}", timeout=2)
+            bodies.append(await response.read())
+        response = await pool.request(origin, b"POST", b"/stream", [], b"{}", timeout=2)
+        pieces = []
+        while (chunk := await response.next_chunk()) is not None:
+            pieces.append(chunk)
+        bodies.append(b"".join(pieces))
+        await pool.aclose()
+        await server.close()
+        return bodies
+
+    bodies = asyncio.run(scenario())
+    assert bodies[:3] == [b'{"ok":true}'] * 3
+    assert bodies[3] == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+    assert len(connections) == 1
+
+
+def test_pool_errors_are_mapped() -> None:
+    async def hang(request: Request) -> Response:
+        await asyncio.sleep(30)
+        return Response(200)
+
+    async def die(request: Request) -> None:
+        request.conn.start_response(200, [(b"content-type", b"text/event-stream")])
+        request.conn.write(b"data: 1\n\n")
+        await asyncio.sleep(0.05)
+        request.conn.abort()
+
+    async def scenario() -> list[type[BaseException]]:
+        seen: list[type[BaseException]] = []
+        pool = UpstreamPool(connect_timeout=1)
+        # Nothing listens on this port.
+        closed_server, closed_port = await _serve(_echo)
+        await closed_server.close()
+        try:
+            await pool.request(Origin.from_url(f"http://127.0.0.1:{closed_port}"), b"GET", b"/", [], b"", timeout=1)
+        except UpstreamUnreachable as exc:
+            seen.append(type(exc))
+        hang_server, hang_port = await _serve(hang)
+        try:
+            await pool.request(Origin.from_url(f"http://127.0.0.1:{hang_port}"), b"GET", b"/", [], b"", timeout=0.2)
+        except UpstreamTimeout as exc:
+            seen.append(type(exc))
+        die_server, die_port = await _serve(die)
+        response = await pool.request(Origin.from_url(f"http://127.0.0.1:{die_port}"), b"GET", b"/", [], b"", timeout=1)
+        assert await response.next_chunk() == b"data: 1\n\n"
+        try:
+            while await response.next_chunk() is not None:
+                pass
+        except UpstreamClosed as exc:
+            seen.append(type(exc))
+        await pool.aclose()
+        await hang_server.close()
+        await die_server.close()
+        return seen
+
+    assert asyncio.run(scenario()) == [UpstreamUnreachable, UpstreamTimeout, UpstreamClosed]
+
+
+def test_closing_a_response_early_aborts_the_upstream_request() -> None:
+    cancelled = asyncio.Event()
+
+    async def slow_stream(request: Request) -> None:
+        request.conn.start_response(200, [(b"content-type", b"text/event-stream")])
+        try:
+            for i in range(100):
+                request.conn.write(b"data: %d\n\n" % i)
+                await asyncio.sleep(0.02)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        request.conn.finish()
+
+    async def scenario() -> bool:
+        server, port = await _serve(slow_stream)
+        pool = UpstreamPool()
+        response = await pool.request(Origin.from_url(f"http://127.0.0.1:{port}"), b"GET", b"/", [], b"", timeout=1)
+        await response.next_chunk()
+        response.close()
+        async with asyncio.timeout(2):
+            await cancelled.wait()
+        await pool.aclose()
+        await server.close()
+        return True
+
+    assert asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("url", "host_header", "base"),
+    [
+        ("https://api.openai.com", b"api.openai.com", ""),
+        ("https://openrouter.ai/api/", b"openrouter.ai", "/api"),
+        ("http://100.64.0.1:8080/v1", b"100.64.0.1:8080", "/v1"),
+        ("http://[::1]:9000", b"[::1]:9000", ""),
+    ],
+)
+def test_origin_from_url(url: str, host_header: bytes, base: str) -> None:
+    origin = Origin.from_url(url)
+    assert origin.host_header == host_header
+    assert origin.base_path == base
