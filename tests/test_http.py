@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from tailgate.errors import GatewayError, UpstreamTimeout, UpstreamUnreachable
-from tailgate.http.client import Origin, UpstreamClosed, UpstreamPool
+from tailgate.http.client import Origin, UpstreamClosed, UpstreamPool, UpstreamResponse
 from tailgate.http.messages import Request, Response, StreamingResponse
 from tailgate.http.server import HttpServer, ServerSettings
 
@@ -43,7 +43,14 @@ async def _raw(port: int, data: bytes, *, read_until_close: bool = True, wait: f
 
 
 async def _echo(request: Request) -> Response:
-    return Response(200, request.method.encode() + b" " + request.target + b" " + request.body, content_type=None)
+    text = request.method.encode() + b" " + request.target + b" " + request.body
+    return Response(200, text, content_type=None)
+
+
+async def _get(pool: UpstreamPool, port: int, timeout: float) -> UpstreamResponse:
+    return await pool.request(
+        Origin.from_url(f"http://127.0.0.1:{port}"), b"GET", b"/", [], b"", timeout=timeout
+    )
 
 
 def test_keep_alive_and_pipelining_answer_in_order() -> None:
@@ -70,7 +77,8 @@ def test_expect_continue_and_chunked_request_body() -> None:
         server, port = await _serve(_echo)
         continued = await _raw(
             port,
-            b"POST /x HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+            b"POST /x HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n"
+            b"Connection: close\r\n\r\nhi",
         )
         chunked = await _raw(
             port,
@@ -122,7 +130,7 @@ def test_client_disconnect_cancels_the_handler() -> None:
 
     async def scenario() -> bool:
         server, port = await _serve(wait_forever)
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         await writer.drain()
         await asyncio.sleep(0.05)
@@ -213,16 +221,16 @@ def test_pool_errors_are_mapped() -> None:
         closed_server, closed_port = await _serve(_echo)
         await closed_server.close()
         try:
-            await pool.request(Origin.from_url(f"http://127.0.0.1:{closed_port}"), b"GET", b"/", [], b"", timeout=1)
+            await _get(pool, closed_port, 1)
         except UpstreamUnreachable as exc:
             seen.append(type(exc))
         hang_server, hang_port = await _serve(hang)
         try:
-            await pool.request(Origin.from_url(f"http://127.0.0.1:{hang_port}"), b"GET", b"/", [], b"", timeout=0.2)
+            await _get(pool, hang_port, 0.2)
         except UpstreamTimeout as exc:
             seen.append(type(exc))
         die_server, die_port = await _serve(die)
-        response = await pool.request(Origin.from_url(f"http://127.0.0.1:{die_port}"), b"GET", b"/", [], b"", timeout=1)
+        response = await _get(pool, die_port, 1)
         assert await response.next_chunk() == b"data: 1\n\n"
         try:
             while await response.next_chunk() is not None:
@@ -254,7 +262,7 @@ def test_closing_a_response_early_aborts_the_upstream_request() -> None:
     async def scenario() -> bool:
         server, port = await _serve(slow_stream)
         pool = UpstreamPool()
-        response = await pool.request(Origin.from_url(f"http://127.0.0.1:{port}"), b"GET", b"/", [], b"", timeout=1)
+        response = await _get(pool, port, 1)
         await response.next_chunk()
         response.close()
         async with asyncio.timeout(2):
