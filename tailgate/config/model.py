@@ -198,7 +198,11 @@ class Config:
     database: DatabaseSettings = DatabaseSettings()
     auto_cost_basis: bool = True
     server: ServerSettings = ServerSettings()
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    """Accepted top-level sections tailgate does not act on yet (``exporters``, ``mcp``,
+    ``connectors``, ``flags``), with macros expanded. May hold secrets: never log it."""
     warnings: tuple[str, ...] = ()
+    """Every non-fatal problem found at load (including refused quota definitions)."""
     source_text: str = field(default="", repr=False)
     """The HuJSON text the config was loaded from (for the dashboard's editor)."""
     source_path: str | None = None
