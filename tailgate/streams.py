@@ -166,7 +166,7 @@ def _reassemble_chat(events: Iterable[SseEvent]) -> Reassembled:
                 head[key] = chunk.get(key)
         if chunk.get("usage") is not None:
             usage = chunk["usage"]
-        for delta_choice in chunk.get("choices") or ():
+        for delta_choice in _as_list(chunk.get("choices")):
             if isinstance(delta_choice, Mapping):
                 _fold_chat_choice(delta_choice, choices, calls)
     if head is None:
@@ -184,7 +184,7 @@ def _fold_chat_choice(
     choices: dict[int, dict[str, Any]],
     calls: dict[int, dict[int, dict[str, Any]]],
 ) -> None:
-    index = delta_choice.get("index", 0)
+    index = _index(delta_choice.get("index"), 0)
     choice = choices.get(index)
     if choice is None:
         message = {"role": "assistant", "content": None}
@@ -197,7 +197,7 @@ def _fold_chat_choice(
     delta = delta_choice.get("delta")
     if isinstance(delta, Mapping):
         _merge_delta(choice["message"], delta, skip=("tool_calls", "role"))
-        for fragment in delta.get("tool_calls") or ():
+        for fragment in _as_list(delta.get("tool_calls")):
             if isinstance(fragment, Mapping):
                 _fold_tool_call(fragment, calls.setdefault(index, {}))
     if delta_choice.get("finish_reason") is not None:
@@ -210,7 +210,7 @@ def _fold_chat_choice(
 
 
 def _fold_tool_call(fragment: Mapping[str, Any], calls: dict[int, dict[str, Any]]) -> None:
-    position = fragment.get("index", len(calls))
+    position = _index(fragment.get("index"), len(calls))
     call = calls.get(position)
     if call is None:
         call = calls[position] = {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
@@ -254,6 +254,14 @@ def _reassemble_responses(events: Iterable[tuple[str | None, dict[str, Any]]]) -
     return Reassembled(response, False, error)
 
 
+_TEXT_EVENTS = (
+    "response.content_part.added",
+    "response.output_text.delta",
+    "response.output_text.done",
+    "response.refusal.delta",
+)
+
+
 def _fold_response_event(kind: str, data: Mapping[str, Any], items: dict[int, dict[str, Any]]) -> None:
     index = data.get("output_index")
     if not isinstance(index, int):
@@ -265,35 +273,38 @@ def _fold_response_event(kind: str, data: Mapping[str, Any], items: dict[int, di
     item = items.get(index)
     if item is None:
         return
-    if kind == "response.content_part.added" and isinstance(data.get("part"), Mapping):
-        parts = item.setdefault("content", [])
-        _put(parts, data.get("content_index", len(parts)), copy.deepcopy(dict(data["part"])))
-    elif kind in ("response.output_text.delta", "response.refusal.delta"):
-        key = "text" if kind == "response.output_text.delta" else "refusal"
-        parts = item.setdefault("content", [])
-        position = data.get("content_index", 0)
-        if not isinstance(position, int) or position >= len(parts) or not isinstance(parts[position], dict):
-            _put(parts, position, {"type": "output_text" if key == "text" else "refusal", key: ""})
-        part = parts[position]
-        part[key] = (part.get(key) or "") + str(data.get("delta") or "")
-    elif kind == "response.function_call_arguments.delta":
+    if kind == "response.function_call_arguments.delta":
         item["arguments"] = (item.get("arguments") or "") + str(data.get("delta") or "")
     elif kind == "response.function_call_arguments.done" and isinstance(data.get("arguments"), str):
         item["arguments"] = data["arguments"]
-    elif kind == "response.output_text.done" and isinstance(data.get("text"), str):
-        parts = item.setdefault("content", [])
-        position = data.get("content_index", 0)
-        if isinstance(position, int) and position < len(parts) and isinstance(parts[position], dict):
-            parts[position]["text"] = data["text"]
+    elif kind in _TEXT_EVENTS:
+        if not isinstance(item.get("content"), list):
+            item["content"] = []
+        parts: list[Any] = item["content"]
+        position = _index(data.get("content_index"), len(parts))
+        if kind == "response.content_part.added":
+            if isinstance(data.get("part"), Mapping):
+                _put(parts, position, copy.deepcopy(dict(data["part"])))
+            return
+        key = "refusal" if kind == "response.refusal.delta" else "text"
+        if position >= len(parts) or not isinstance(parts[position], dict):
+            part_type = "refusal" if key == "refusal" else "output_text"
+            position = _put(parts, position, {"type": part_type, key: ""})
+        part = parts[position]
+        if kind == "response.output_text.done":
+            if isinstance(data.get("text"), str):
+                part["text"] = data["text"]
+        else:
+            part[key] = (part.get(key) or "") + str(data.get("delta") or "")
 
 
-def _put(items: list[Any], position: object, value: Any) -> None:
-    if not isinstance(position, int) or position < 0:
-        items.append(value)
-        return
-    while len(items) <= position:
-        items.append(None)
-    items[position] = value
+def _put(items: list[Any], position: int, value: Any) -> int:
+    """Set ``items[position]``, or append when the position is past the end; returns where it went."""
+    if position < len(items):
+        items[position] = value
+        return position
+    items.append(value)
+    return len(items) - 1
 
 
 # Anthropic Messages --------------------------------------------------------------------------
@@ -311,14 +322,14 @@ def _reassemble_messages(events: Iterable[tuple[str | None, dict[str, Any]]]) ->
             message = copy.deepcopy(dict(data["message"]))
             message["usage"] = dict(_as_mapping(message.get("usage")))
         elif kind == "content_block_start" and isinstance(data.get("content_block"), Mapping):
-            index = data.get("index", len(blocks))
+            index = _index(data.get("index"), len(blocks))
             blocks[index] = copy.deepcopy(dict(data["content_block"]))
         elif kind == "content_block_delta":
             _fold_block_delta(data, blocks, partial_json)
         elif kind == "content_block_stop":
-            index = data.get("index")
-            if isinstance(index, int) and index in partial_json and index in blocks:
-                blocks[index]["input"] = _parse_input(partial_json.pop(index))
+            stopped = _index(data.get("index"), -1)
+            if stopped in partial_json and stopped in blocks:
+                blocks[stopped]["input"] = _parse_input(partial_json.pop(stopped))
         elif kind == "message_delta" and message is not None:
             for key, value in _as_mapping(data.get("delta")).items():
                 message[key] = copy.deepcopy(value)
@@ -376,6 +387,14 @@ def _as_mapping(value: object) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+def _as_list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _index(value: object, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
+
+
 # Gemini --------------------------------------------------------------------------------------
 
 
@@ -392,7 +411,7 @@ def _reassemble_gemini(chunks: Iterable[dict[str, Any]]) -> Reassembled:
         for key, value in chunk.items():
             if key != "candidates" and value is not None:
                 response[key] = copy.deepcopy(value)
-        for candidate in chunk.get("candidates") or ():
+        for candidate in _as_list(chunk.get("candidates")):
             if isinstance(candidate, Mapping):
                 _fold_candidate(candidate, candidates)
     if response is None:
@@ -405,7 +424,7 @@ def _reassemble_gemini(chunks: Iterable[dict[str, Any]]) -> Reassembled:
 
 
 def _fold_candidate(candidate: Mapping[str, Any], candidates: dict[int, dict[str, Any]]) -> None:
-    index = candidate.get("index", 0)
+    index = _index(candidate.get("index"), 0)
     merged = candidates.get(index)
     if merged is None:
         merged = candidates[index] = {"content": {"role": "model", "parts": []}, "index": index}
@@ -416,7 +435,7 @@ def _fold_candidate(candidate: Mapping[str, Any], candidates: dict[int, dict[str
     if content.get("role"):
         merged["content"]["role"] = content["role"]
     parts: list[dict[str, Any]] = merged["content"]["parts"]
-    for part in content.get("parts") or ():
+    for part in _as_list(content.get("parts")):
         if not isinstance(part, Mapping):
             continue
         last = parts[-1] if parts else None
@@ -450,30 +469,30 @@ def tool_calls(operation: Operation, response: Mapping[str, Any]) -> list[dict[s
     """
     found: list[dict[str, Any]] = []
     if operation is Operation.CHAT_COMPLETIONS:
-        for choice in response.get("choices") or ():
+        for choice in _as_list(response.get("choices")):
             message = _as_mapping(_as_mapping(choice).get("message"))
-            for call in message.get("tool_calls") or ():
+            for call in _as_list(message.get("tool_calls")):
                 function = _as_mapping(_as_mapping(call).get("function"))
                 found.append(_call(function.get("name"), function.get("arguments")))
             legacy = _as_mapping(message.get("function_call"))
             if legacy:
                 found.append(_call(legacy.get("name"), legacy.get("arguments")))
     elif operation is Operation.RESPONSES:
-        for raw_item in response.get("output") or ():
+        for raw_item in _as_list(response.get("output")):
             item = _as_mapping(raw_item)
             if item.get("type") == "function_call":
                 found.append(_call(item.get("name"), item.get("arguments")))
             elif item.get("type") == "custom_tool_call":
                 found.append(_call(item.get("name"), {"input": item.get("input")}))
     elif operation is Operation.MESSAGES:
-        for raw_block in response.get("content") or ():
+        for raw_block in _as_list(response.get("content")):
             block = _as_mapping(raw_block)
             if block.get("type") == "tool_use":
                 found.append(_call(block.get("name"), block.get("input")))
     elif operation in (Operation.GENERATE_CONTENT, Operation.STREAM_GENERATE_CONTENT):
-        for candidate in response.get("candidates") or ():
+        for candidate in _as_list(response.get("candidates")):
             content = _as_mapping(_as_mapping(candidate).get("content"))
-            for part in content.get("parts") or ():
+            for part in _as_list(content.get("parts")):
                 call = _as_mapping(_as_mapping(part).get("functionCall"))
                 if call:
                     found.append(_call(call.get("name"), call.get("args")))
