@@ -1,4 +1,5 @@
-"""PostgreSQL for the tests: the real server on 127.0.0.1:5432, one schema per test.
+"""Store test helpers: PostgreSQL on 127.0.0.1:5432 with one schema per test, and the
+``store_url`` fixture that runs a test on both backends.
 
 The server is started if it is down; if it still cannot be reached the tests fail, never skip.
 Every schema a test run creates shares one prefix and is dropped when the run ends.
@@ -16,10 +17,14 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
 import pytest
+
+from tailgate.record import Capture, Outcome, Record
+from tailgate.usage import Usage
 
 HOST, PORT, DATABASE = "127.0.0.1", 5432, "test"
 _RUN = f"tailgate_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
@@ -83,6 +88,14 @@ def new_schema_url(admin_url: str, host: str = HOST, port: int = PORT) -> str:
     return f"postgresql://{user}@{host}:{port}/{DATABASE}?options={options}"
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A blank database on each backend: a SQLite file, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        return str(tmp_path / "tailgate.db")
+    return new_schema_url(request.getfixturevalue("pg_admin_url"))
+
+
 class TcpProxy:
     """A loopback TCP forwarder that can be cut (refusing and dropping connections) and restored."""
 
@@ -143,3 +156,58 @@ class TcpProxy:
         finally:
             with contextlib.suppress(OSError):
                 dst.shutdown(socket.SHUT_WR)
+
+
+PRINCIPALS = ("alice@example.com", "bob@example.com", "tag:ci,tag:prod")
+MODELS = (("openai", "gpt-4o"), ("anthropic", "claude-sonnet-4"), ("gemini", "gemini-2.5-pro"))
+DAY_MS = 86_400_000
+
+
+def sample_record(i: int, ts_ms: int, *, prefix: str = "", capture: bool = False) -> Record:
+    """A varied, deterministic record: principal, model, status, session and cost follow ``i``."""
+    provider, model = MODELS[i % 3]
+    failed = i % 7 == 3
+    return Record(
+        id=f"{prefix}{ts_ms:012x}{i:014x}",
+        ts_ms=ts_ms,
+        principal=PRINCIPALS[i % len(PRINCIPALS)],
+        identity_kind="user",
+        identity_source="whois",
+        node_id=f"n{i % 4}",
+        path="/v1/chat/completions",
+        dialect="openai",
+        operation="chat",
+        provider=provider,
+        model=model,
+        stream=i % 2 == 0,
+        status=502 if failed else 200,
+        outcome=Outcome.UPSTREAM_ERROR if failed else Outcome.OK,
+        duration_us=1000 + i,
+        ttfb_us=None if failed else 300,
+        usage=None
+        if failed
+        else Usage(
+            input_tokens=100 + i,
+            cache_read_tokens=i % 50,
+            cache_write_tokens=i % 11,
+            cache_write_5m_tokens=i % 11,
+            output_tokens=20 + i % 13,
+            reasoning_tokens=i % 5,
+            tool_calls=i % 2,
+        ),
+        cost_nd=None if failed or i % 5 == 4 else 1_000 * (i + 1),
+        cost_basis="openai" if i % 5 != 4 else None,
+        price_version="0.2.3",
+        session_id=f"s{i % 6}",
+        user_agent="codex/1.0" if i % 2 else "claude-cli/2.0",
+        capture=Capture(
+            request_headers=[("content-type", "application/json")],
+            request_body=b'{"model": "%d"}' % i,
+            response_headers=[("x-request-id", f"r{i}")],
+            response_body=bytes(range(256)),
+            reassembled={"id": i},
+            tool_calls=[{"name": "search", "params": {"q": str(i)}}] if i % 2 else [],
+        )
+        if capture
+        else None,
+    )

@@ -77,6 +77,7 @@ class PostgresStore(SQLStore):
         self, url: str, *, pool_size: int = 8, timeout: float = 10.0, connect_timeout: int = 5
     ) -> None:
         self.url = url
+        self._purged = 0
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             url,
             min_size=1,
@@ -114,7 +115,9 @@ class PostgresStore(SQLStore):
     def _after_purge(self, deleted: int, batch_size: int) -> None:
         # At the end of a purge run, make the freed space (TOAST included) reusable at once,
         # rather than waiting for autovacuum, so the capture tables do not keep growing.
-        if 0 < deleted < batch_size:
+        self._purged += deleted
+        if self._purged and deleted < batch_size:
+            self._purged = 0
             with self._pool.connection() as conn:
                 conn.autocommit = True
                 try:

@@ -64,6 +64,8 @@ class SQLiteStore(SQLStore):
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
+        # After a burst the WAL is truncated back to this size at the next checkpoint.
+        conn.execute("PRAGMA journal_size_limit = 67108864")
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         conn.execute(f"PRAGMA cache_size = -{self.cache_mb * 1024}")
         self._local.conn = conn
@@ -101,7 +103,9 @@ class SQLiteStore(SQLStore):
 
     def _after_purge(self, deleted: int, batch_size: int) -> None:
         if deleted:
-            self._conn().execute("PRAGMA incremental_vacuum").fetchall()
+            # execute() would free one page per step and stop after the first; a script runs
+            # the pragma to completion.
+            self._conn().executescript("PRAGMA incremental_vacuum;")
 
     def close(self) -> None:
         with self._lock:
