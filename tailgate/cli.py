@@ -23,7 +23,7 @@ _STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__di
 class _Formatter(logging.Formatter):
     """``2026-11-22T17:13:00Z INFO tailgate.proxy: message key=value …`` (UTC)."""
 
-    converter = time.gmtime
+    converter = staticmethod(time.gmtime)  # type: ignore[assignment]
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -143,7 +143,7 @@ async def _run(config: Config, args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     watcher = None
     if args.config:
-        watcher = ConfigWatcher(args.config, gateway.apply_config, environ=os.environ)
+        watcher = ConfigWatcher(args.config, gateway.apply_config, environ=os.environ, current=config)
         watcher.start()
         loop.add_signal_handler(signal.SIGHUP, watcher.reload)
     await stop.wait()

@@ -164,14 +164,17 @@ class Proxy:
         if not decision.allowed:
             raise AccessDenied(decision.reason)
         if decision.quotas:
-            ex.reservation = runtime.quotas.admit(identity, route, decision.quotas, body, len(request.body))
+            ex.reservation = await runtime.quotas.admit(
+                identity, route, decision.quotas, body, len(request.body)
+            )
 
+        forwarded = _rewrite_body(ex, route, body)
         if route.provider.type == "demo":
-            self._answer_demo(request, ex, route, body)
+            self._answer_demo(request, ex, route, forwarded)
             return
-        await self._forward(request, ex, route, body)
+        await self._forward(request, ex, route)
 
-    async def _forward(self, request: Request, ex: Exchange, route: Route, body: dict[str, Any]) -> None:
+    async def _forward(self, request: Request, ex: Exchange, route: Route) -> None:
         runtime = ex.runtime
         provider = route.provider
         operation = ex.operation
@@ -180,20 +183,7 @@ class Proxy:
         path = _upstream_path(operation, request.path, route)
         target = upstream_target(origin, path, request.query_string)
         headers = upstream_headers(request.headers, provider, ex.decision.add_headers)
-        payload = request.body
-        rewrite: dict[str, Any] = {}
-        if route.requested != route.model and operation not in _PATH_MODEL_OPERATIONS:
-            rewrite["model"] = route.model
-        if operation is Operation.CHAT_COMPLETIONS and ex.stream:
-            options = body.get("stream_options")
-            if not (isinstance(options, dict) and options.get("include_usage") is True):
-                ex.injected_usage = True
-                options = dict(options) if isinstance(options, dict) else {}
-                options["include_usage"] = True
-                rewrite["stream_options"] = options
-        if rewrite:
-            payload = orjson.dumps({**body, **rewrite})
-            ex.forwarded_body = payload
+        payload = ex.forwarded_body if ex.forwarded_body is not None else request.body
 
         settings = runtime.config.server
         ex.gateway_ns = time.perf_counter_ns() - ex.started_ns
@@ -274,9 +264,12 @@ class Proxy:
         ex.response_headers = headers
         ex.first_byte_ns = time.perf_counter_ns()
         if answer.chunks:
+            usage_filter = _UsageChunkFilter() if ex.injected_usage else None
             conn.start_response(answer.status, headers)
             for chunk in answer.chunks:
-                conn.write(chunk)
+                conn.write(usage_filter.feed(chunk) if usage_filter is not None else chunk)
+            if usage_filter is not None:
+                conn.write(usage_filter.flush())
             conn.finish()
             ex.response_chunks = list(answer.chunks)
         else:
@@ -317,6 +310,29 @@ _CANONICAL_PATHS = {
     Operation.MESSAGES: "/v1/messages",
     Operation.COUNT_TOKENS: "/v1/messages/count_tokens",
 }
+
+
+def _rewrite_body(ex: Exchange, route: Route, body: dict[str, Any]) -> dict[str, Any]:
+    """The body to send on: the bare model id for an FQN, and usage asked for on chat streams.
+
+    Sets ``ex.forwarded_body`` (the bytes to send) only when something had to change, so an
+    untouched request is forwarded as the exact bytes the client sent.
+    """
+    rewrite: dict[str, Any] = {}
+    if route.requested != route.model and ex.operation not in _PATH_MODEL_OPERATIONS:
+        rewrite["model"] = route.model
+    if ex.operation is Operation.CHAT_COMPLETIONS and ex.stream:
+        options = body.get("stream_options")
+        if not (isinstance(options, dict) and options.get("include_usage") is True):
+            ex.injected_usage = True
+            options = dict(options) if isinstance(options, dict) else {}
+            options["include_usage"] = True
+            rewrite["stream_options"] = options
+    if not rewrite:
+        return body
+    forwarded = {**body, **rewrite}
+    ex.forwarded_body = orjson.dumps(forwarded)
+    return forwarded
 
 
 def _upstream_path(operation: Operation, client_path: str, route: Route) -> str:

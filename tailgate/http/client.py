@@ -386,4 +386,6 @@ def _describe(exc: BaseException) -> str:
         return f"name resolution failed ({exc.strerror})"
     if isinstance(exc, ssl.SSLError):
         return f"TLS error ({exc.reason or exc})"
-    return exc.strerror or str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

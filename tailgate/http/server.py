@@ -157,7 +157,7 @@ class Connection(asyncio.Protocol):
             self.peer_ip, self.peer_port = peer[0], peer[1]
         else:
             self.transport_kind = "unix"
-        transport.set_write_buffer_limits(high=_HIGH_WATER)
+        self.transport.set_write_buffer_limits(high=_HIGH_WATER)
         self._arm_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
