@@ -6,12 +6,13 @@ import os
 import threading
 from collections import defaultdict
 from collections.abc import Iterator
-from datetime import date
+from datetime import UTC, date, datetime
 
 import pytest
 
 from tailgate.config.model import Retention
 from tailgate.errors import BadRequest, NotFound
+from tailgate.identity.keys import hash_key
 from tailgate.record import Outcome, Record
 from tailgate.store import (
     PostgresStore,
@@ -447,3 +448,23 @@ def test_purge_does_not_let_the_database_grow(store: SQLStore) -> None:
     # grows by the kept metric rows, a small fraction of the 9 MB of captures written meanwhile.
     assert sizes[0] < 150 * len(big), sizes
     assert sizes[-1] - sizes[0] < 0.1 * 3 * 150 * len(big), sizes
+
+
+# -- gateway API keys -----------------------------------------------------------------------
+
+
+def test_store_keeps_gateway_keys(store: SQLStore) -> None:
+    later = datetime(2030, 1, 1, tzinfo=UTC)
+    info, secret = store.create_key("ci-bot", expires_at=later, note="deploys")
+    assert secret.startswith("tg_") and info.key_hash == hash_key(secret)
+    other, _ = store.create_key("build@example.com", expires_at=None)
+    assert store.find_key(hash_key(secret)) == info
+    assert store.find_key(hash_key("tg_unknown")) is None
+    assert store.list_keys() == sorted([info, other], key=lambda k: (k.created_at, k.id))
+    assert store.revoke_key(info.id) is True
+    assert store.revoke_key(info.id) is False
+    assert store.revoke_key("missing") is False
+    revoked = store.find_key(info.key_hash)
+    assert revoked is not None and revoked.state(datetime.now(UTC)) == "revoked"
+    with pytest.raises(ValueError):
+        store.create_key("tag:ci", expires_at=None)

@@ -13,6 +13,7 @@ from datetime import date
 from typing import Generic, Literal, Protocol, TypeVar
 
 from tailgate.config.model import Retention
+from tailgate.identity.keys import KeyStore
 from tailgate.record import Record
 
 T = TypeVar("T")
@@ -112,7 +113,9 @@ class SessionSummary:
     user_agent: str | None = None
 
 
-class Store(Protocol):
+class Store(KeyStore, Protocol):
+    """The request log, roll-ups, sessions and gateway API keys."""
+
     def migrate(self, upto: str | None = None) -> list[str]:
         """Apply pending migrations (through ``upto`` when given); return the names applied."""
         ...

@@ -208,6 +208,7 @@ def m002_sessions_and_rollups(db: MigrationContext) -> None:
 @migration
 def m003_api_keys(db: MigrationContext) -> None:
     # Only a hash of the key is kept; prefix is the first characters, shown to tell keys apart.
+    # Times are epoch microseconds UTC.
     db.execute(
         """
         CREATE TABLE api_keys (

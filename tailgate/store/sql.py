@@ -10,13 +10,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from datetime import date
+from datetime import UTC, date, datetime
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from tailgate.config.model import Retention
 from tailgate.errors import BadRequest, NotFound
+from tailgate.identity.keys import KeyInfo, mint_key
 from tailgate.record import Capture, Outcome, Record
+from tailgate.store import keys
 from tailgate.store.base import (
     Page,
     RecordFilter,
@@ -371,6 +373,25 @@ class SQLStore:
         sql = f"SELECT day, COUNT(DISTINCT principal) FROM rollups{_where(where)} GROUP BY day ORDER BY day"
         return [(date_of(int(day)), int(n)) for day, n in self._read(sql, params)]
 
+    # -- gateway API keys (the KeyStore protocol) -----------------------------------------
+
+    def create_key(
+        self, principal: str, *, expires_at: datetime | None, note: str = ""
+    ) -> tuple[KeyInfo, str]:
+        """Mint a key for ``principal`` and store its hash; return it with the secret (shown once)."""
+        info, secret = mint_key(principal, expires_at=expires_at, note=note)
+        self._write(partial(keys.insert_key, info=info))
+        return info, secret
+
+    def list_keys(self) -> list[KeyInfo]:
+        return keys.all_keys(_ReadTx(self))
+
+    def revoke_key(self, key_id: str) -> bool:
+        return self._write(partial(keys.revoke, key_id=key_id, now=datetime.now(UTC)))
+
+    def find_key(self, key_hash: str) -> KeyInfo | None:
+        return keys.key_by_hash(_ReadTx(self), key_hash)
+
     # -- retention ------------------------------------------------------------------------
 
     def purge(self, retention: Retention, now_ms: int, *, batch_size: int = 1000) -> int:
@@ -385,6 +406,16 @@ class SQLStore:
                 deleted += self._write(partial(_purge_batch, table=table, cutoff_ms=cutoff, limit=batch_size))
         self._after_purge(deleted, batch_size)
         return deleted
+
+
+class _ReadTx:
+    """A store's autocommit reads, shaped as a :class:`Tx`."""
+
+    def __init__(self, store: SQLStore) -> None:
+        self.execute = store._read
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        raise TypeError("read-only")
 
 
 def _purge_batch(tx: Tx, *, table: str, cutoff_ms: int, limit: int) -> int:
