@@ -63,6 +63,7 @@ class FakeLocalAPI:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def __enter__(self) -> FakeLocalAPI:
         self._thread.start()
@@ -99,12 +100,19 @@ class FakeLocalAPI:
             self._server = None
         for writer in list(self._writers):
             writer.close()
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self._writers.add(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
         try:
             while True:
                 try:
@@ -120,6 +128,7 @@ class FakeLocalAPI:
                     return
         finally:
             self._writers.discard(writer)
+            self._tasks.discard(task)
             writer.close()
 
     def _answer(self, head: bytes) -> tuple[int, bytes, str]:

@@ -190,7 +190,8 @@ class KeyVerifier:
         state = info.state(self._now())
         if state != "active":
             log.info("refused gateway key %s… (%s) of %s: %s", info.prefix, info.id, info.principal, state)
-            raise Unauthenticated(f"gateway API key {info.prefix}… has been {state}")
+            verb = "has been revoked" if state == "revoked" else "has expired"
+            raise Unauthenticated(f"gateway API key {info.prefix}… {verb}")
         return info
 
     async def _lookup(self, key_hash: str) -> KeyInfo | None:

@@ -68,16 +68,20 @@ def _is_socket(path: str) -> bool:
 class _Response:
     """httptools callbacks collecting one response."""
 
-    __slots__ = ("body", "complete", "headers_done", "size")
+    __slots__ = ("body", "complete", "headers_done", "keep_alive", "parser", "size")
 
     def __init__(self) -> None:
         self.body: list[bytes] = []
         self.size = 0
         self.headers_done = False
         self.complete = False
+        self.keep_alive = False
+        self.parser = httptools.HttpResponseParser(self)
 
     def on_headers_complete(self) -> None:
         self.headers_done = True
+        # Read now: once the message is complete the parser has already reset this.
+        self.keep_alive = self.parser.should_keep_alive()
 
     def on_body(self, chunk: bytes) -> None:
         self.size += len(chunk)
@@ -184,14 +188,14 @@ class LocalAPI:
             writer.write(request)
             await writer.drain()
             response = _Response()
-            parser = httptools.HttpResponseParser(response)
+            parser = response.parser
             received = False
             while not response.complete:
                 chunk = await reader.read(65536)
                 if not chunk:
                     if not received:
                         raise _StaleConnection
-                    if response.headers_done and parser.get_status_code() and not parser.should_keep_alive():
+                    if response.headers_done and not response.keep_alive:
                         break  # body delimited by the connection closing
                     raise ConnectionResetError("tailscaled closed the connection mid-answer")
                 received = True
@@ -199,7 +203,7 @@ class LocalAPI:
                 if response.size > MAX_BODY_BYTES:
                     raise ConnectionResetError("tailscaled sent an oversized answer")
             status = parser.get_status_code()
-            keep = response.complete and parser.should_keep_alive()
+            keep = response.complete and response.keep_alive
             done = True
             if keep:
                 self._give_back(conn)
