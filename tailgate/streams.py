@@ -125,15 +125,44 @@ def _loads(text: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+class _Text(list[str]):
+    """The pieces of a streamed string, joined once at the end (repeated ``+=`` is quadratic)."""
+
+
+def _append_text(target: dict[str, Any], key: str, piece: object) -> None:
+    if not isinstance(piece, str):
+        return
+    current = target.get(key)
+    if isinstance(current, _Text):
+        current.append(piece)
+    elif isinstance(current, str):
+        target[key] = _Text((current, piece))
+    else:
+        target[key] = _Text((piece,))
+
+
+def _joined(value: Any) -> Any:
+    """``value`` with every :class:`_Text` inside it replaced by its joined string."""
+    if isinstance(value, _Text):
+        return "".join(value)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            value[key] = _joined(item)
+    elif isinstance(value, list):
+        for position, item in enumerate(value):
+            value[position] = _joined(item)
+    return value
+
+
 def _merge_delta(target: dict[str, Any], delta: Mapping[str, Any], skip: tuple[str, ...]) -> None:
     """Fold a streamed delta into ``target``: strings concatenate, lists extend, the rest replaces."""
     for key, value in delta.items():
         if key in skip:
             continue
         current = target.get(key)
-        if isinstance(value, str) and isinstance(current, str):
-            target[key] = current + value
-        elif isinstance(value, list) and isinstance(current, list):
+        if isinstance(value, str) and isinstance(current, str | _Text):
+            _append_text(target, key, value)
+        elif isinstance(value, list) and isinstance(current, list) and not isinstance(current, _Text):
             current.extend(copy.deepcopy(value))
         elif value is not None or key not in target:
             target[key] = copy.deepcopy(value)
@@ -176,7 +205,7 @@ def _reassemble_chat(events: Iterable[SseEvent]) -> Reassembled:
             choice["message"]["tool_calls"] = [calls[index][k] for k in sorted(calls[index])]
     head["choices"] = [choices[index] for index in sorted(choices)]
     head["usage"] = usage
-    return Reassembled(head, complete, error)
+    return Reassembled(_joined(head), complete, error)
 
 
 def _fold_chat_choice(
@@ -224,7 +253,7 @@ def _fold_tool_call(fragment: Mapping[str, Any], calls: dict[int, dict[str, Any]
         if function.get("name") and not call["function"]["name"]:
             call["function"]["name"] = function["name"]
         if isinstance(function.get("arguments"), str):
-            call["function"]["arguments"] += function["arguments"]
+            _append_text(call["function"], "arguments", function["arguments"])
 
 
 # OpenAI Responses ----------------------------------------------------------------------------
@@ -251,7 +280,7 @@ def _reassemble_responses(events: Iterable[tuple[str | None, dict[str, Any]]]) -
             _fold_response_event(kind, data, items)
     if response is not None and items:
         response["output"] = [items[index] for index in sorted(items)]
-    return Reassembled(response, False, error)
+    return Reassembled(_joined(response), False, error)
 
 
 _TEXT_EVENTS = (
@@ -274,7 +303,7 @@ def _fold_response_event(kind: str, data: Mapping[str, Any], items: dict[int, di
     if item is None:
         return
     if kind == "response.function_call_arguments.delta":
-        item["arguments"] = (item.get("arguments") or "") + str(data.get("delta") or "")
+        _append_text(item, "arguments", data.get("delta"))
     elif kind == "response.function_call_arguments.done" and isinstance(data.get("arguments"), str):
         item["arguments"] = data["arguments"]
     elif kind in _TEXT_EVENTS:
@@ -295,7 +324,7 @@ def _fold_response_event(kind: str, data: Mapping[str, Any], items: dict[int, di
             if isinstance(data.get("text"), str):
                 part["text"] = data["text"]
         else:
-            part[key] = (part.get(key) or "") + str(data.get("delta") or "")
+            _append_text(part, key, data.get("delta"))
 
 
 def _put(items: list[Any], position: int, value: Any) -> int:
@@ -313,7 +342,7 @@ def _put(items: list[Any], position: int, value: Any) -> int:
 def _reassemble_messages(events: Iterable[tuple[str | None, dict[str, Any]]]) -> Reassembled:
     message: dict[str, Any] | None = None
     blocks: dict[int, dict[str, Any]] = {}
-    partial_json: dict[int, str] = {}
+    partial_json: dict[int, list[str]] = {}
     complete = False
     error: dict[str, Any] | None = None
     for name, data in events:
@@ -347,11 +376,11 @@ def _reassemble_messages(events: Iterable[tuple[str | None, dict[str, Any]]]) ->
         if index in blocks:
             blocks[index]["input"] = _parse_input(buffer)
     message["content"] = [blocks[index] for index in sorted(blocks)]
-    return Reassembled(message, complete, error)
+    return Reassembled(_joined(message), complete, error)
 
 
 def _fold_block_delta(
-    data: Mapping[str, Any], blocks: dict[int, dict[str, Any]], partial_json: dict[int, str]
+    data: Mapping[str, Any], blocks: dict[int, dict[str, Any]], partial_json: dict[int, list[str]]
 ) -> None:
     index = data.get("index")
     delta = data.get("delta")
@@ -360,13 +389,14 @@ def _fold_block_delta(
     block = blocks[index]
     kind = delta.get("type")
     if kind == "text_delta":
-        block["text"] = (block.get("text") or "") + str(delta.get("text") or "")
+        _append_text(block, "text", delta.get("text"))
     elif kind == "thinking_delta":
-        block["thinking"] = (block.get("thinking") or "") + str(delta.get("thinking") or "")
+        _append_text(block, "thinking", delta.get("thinking"))
     elif kind == "signature_delta":
         block["signature"] = delta.get("signature")
     elif kind == "input_json_delta":
-        partial_json[index] = partial_json.get(index, "") + str(delta.get("partial_json") or "")
+        if isinstance(delta.get("partial_json"), str):
+            partial_json.setdefault(index, []).append(delta["partial_json"])
     elif kind == "citations_delta" and delta.get("citation") is not None:
         citations = block.get("citations")
         if not isinstance(citations, list):
@@ -374,7 +404,8 @@ def _fold_block_delta(
         citations.append(copy.deepcopy(delta["citation"]))
 
 
-def _parse_input(buffer: str) -> Any:
+def _parse_input(pieces: list[str]) -> Any:
+    buffer = "".join(pieces)
     if not buffer.strip():
         return {}
     try:
@@ -420,7 +451,7 @@ def _reassemble_gemini(chunks: Iterable[dict[str, Any]]) -> Reassembled:
         response["candidates"] = [candidates[index] for index in sorted(candidates)]
     blocked = bool(_as_mapping(response.get("promptFeedback")).get("blockReason"))
     finished = bool(candidates) and all(c.get("finishReason") for c in candidates.values())
-    return Reassembled(response, finished or blocked, error)
+    return Reassembled(_joined(response), finished or blocked, error)
 
 
 def _fold_candidate(candidate: Mapping[str, Any], candidates: dict[int, dict[str, Any]]) -> None:
@@ -440,7 +471,7 @@ def _fold_candidate(candidate: Mapping[str, Any], candidates: dict[int, dict[str
             continue
         last = parts[-1] if parts else None
         if last is not None and _joins(last, part):
-            last["text"] += part["text"]
+            _append_text(last, "text", part["text"])
             for key, value in part.items():
                 if key != "text":
                     last[key] = copy.deepcopy(value)
@@ -451,7 +482,7 @@ def _fold_candidate(candidate: Mapping[str, Any], candidates: dict[int, dict[str
 def _joins(last: Mapping[str, Any], part: Mapping[str, Any]) -> bool:
     """Adjacent text parts of one kind (thought or answer) are one part in the unstreamed answer."""
     return (
-        isinstance(last.get("text"), str)
+        isinstance(last.get("text"), str | _Text)
         and isinstance(part.get("text"), str)
         and bool(last.get("thought")) == bool(part.get("thought"))
         and not ("thoughtSignature" in last and "thoughtSignature" in part)
