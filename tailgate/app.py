@@ -67,6 +67,7 @@ class Gateway:
 
     async def start(self, listen: list[str] | None = None) -> list[str]:
         """Start recording and listening; returns the bound addresses."""
+        await asyncio.to_thread(self.ledger.apply_definitions, self.config.quotas)
         self.recorder.start()
         for address in listen or list(self.config.server.listen):
             await self.server.listen(address)
@@ -87,6 +88,8 @@ class Gateway:
         self.settings.max_body_bytes = config.server.max_body_bytes
         self.pool.connect_timeout = config.server.upstream_connect_timeout
         log.info("configuration %d in effect", self._generation)
+        task = asyncio.get_running_loop().run_in_executor(None, self.ledger.apply_definitions, config.quotas)
+        task.add_done_callback(_log_failure)
 
     # -- identity --------------------------------------------------------------------------
 
@@ -190,6 +193,11 @@ class Gateway:
     async def _providers(self, request: Request) -> Response:
         identity = await self.identify(request)
         return Response.json(catalog.provider_list(self.runtime, identity))
+
+
+def _log_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("could not apply quota definitions: %s", future.exception())
 
 
 def _refuse_websocket() -> Response:

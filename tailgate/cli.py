@@ -23,7 +23,7 @@ _STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__di
 class _Formatter(logging.Formatter):
     """``2026-11-22T17:13:00Z INFO tailgate.proxy: message key=value …`` (UTC)."""
 
-    converter = staticmethod(time.gmtime)  # type: ignore[assignment]
+    converter = staticmethod(time.gmtime)
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import zlib
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import brotli
@@ -76,7 +77,8 @@ def finalize(ex: Exchange) -> Record:
     cost_basis: str | None = None
     price_version: str | None = None
     if usage is not None and route is not None:
-        cost = runtime.prices.cost(route.provider, route.model, usage)
+        at = datetime.fromtimestamp(ex.ts_ms / 1000, UTC)
+        cost = runtime.prices.cost(route.provider, route.model, usage, at=at)
         cost_nd, cost_basis, price_version = cost.nanodollars, cost.cost_basis, cost.price_version
     if ex.reservation is not None:
         runtime.quotas.settle(ex.reservation, cost_nd or 0)
