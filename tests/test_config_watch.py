@@ -200,3 +200,19 @@ def test_a_failing_handler_is_logged_and_watching_goes_on(
             await watcher.stop()
 
     asyncio.run(scenario())
+
+
+def test_startup_only_settings_are_flagged_on_reload(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "tailgate.hujson"
+    path.write_text(config_text(["a"], server={"listen": "127.0.0.1:8080"}))
+    seen: list[Config] = []
+    watcher = ConfigWatcher(path, seen.append, environ={}, current=load_config_file(path, {}).config)
+    path.write_text(config_text(["a"], server={"listen": "127.0.0.1:9090", "workers": 1}))
+    with caplog.at_level(logging.WARNING, logger="tailgate.config"):
+        watcher.reload()
+    assert len(seen) == 1 and seen[0].server.listen == ("127.0.0.1:9090",)
+    assert [r.getMessage() for r in caplog.records] == [
+        "config: server.listen changed; it takes effect at the next restart"
+    ]

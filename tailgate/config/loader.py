@@ -6,7 +6,8 @@ A load sorts what it finds into four lists (:class:`LoadResult`):
   database); ``config`` is None.
 * ``fail_closed`` — a bad quota definition. The config still loads, with that quota marked
   ``invalid``, so the running gateway refuses (429) exactly the requests that reference it.
-  Validation and saves treat these as errors.
+  Validation and saves treat these as errors. They are listed in ``warnings`` too, so whatever
+  reports the warnings reports them.
 * ``warnings`` — the messages of Aperture's validator (unknown keys, type mismatches, dangling
   references, …). Startup and reload log them and go on; a save through the API is refused.
 * ``notes`` — accepted legacy or ignored fields; informational only.
@@ -15,7 +16,7 @@ A load sorts what it finds into four lists (:class:`LoadResult`):
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -46,11 +47,19 @@ from tailgate.config.model import (
     Compatibility,
     Config,
     CostMapEntry,
-    DatabaseSettings,
     HookDef,
     Provider,
     QuotaDef,
-    Retention,
+)
+from tailgate.config.sections import (
+    DATABASE_KEYS,
+    FLAGS,
+    MCP_KEYS,
+    PURGE_TARGETS,
+    RETENTION_KEYS,
+    S3_KEYS,
+    read_database,
+    read_extras,
 )
 from tailgate.config.server import (
     IDENTITY_KEYS,
@@ -62,7 +71,6 @@ from tailgate.config.server import (
 from tailgate.config.units import (
     RATE_PERIODS,
     parse_dollars,
-    parse_duration,
     parse_rate,
     parse_seconds,
     type_name,
@@ -134,15 +142,6 @@ COST_MAP_KEYS = ("match", "as", "adjustment")
 QUOTA_KEYS = ("capacity", "rate", "on_exceed")
 HOOK_KEYS = ("url", "apikey", "authorization", "timeout", "disabled", "fail_policy", "preference")
 FAIL_POLICIES = ("fail_open", "fail_closed")
-DATABASE_KEYS = ("retention", "headers")
-RETENTION_KEYS = ("duration", "require_export", "purge")
-PURGE_TARGETS = ("captures", "tools")
-MIN_RETENTION = 3600
-MAX_RETENTION = 3650 * 86_400
-S3_KEYS = ("bucket_name", "region", "endpoint", "prefix", "access_key_id", "access_secret", "every", "limit")
-S3_MAX_LIMIT = 10_000
-MCP_KEYS = ("accept_registrations", "servers")
-FLAGS = ("connectors", "chat_ui")
 
 ACCEPTED_KEYS: Mapping[str, tuple[str, ...]] = {
     "(top level)": TOP_LEVEL_KEYS,
@@ -199,13 +198,14 @@ class LoadResult:
     """None exactly when ``errors`` is not empty."""
     errors: list[str]
     warnings: list[str]
+    """Every non-fatal problem, refused quota definitions (``fail_closed``) first."""
     fail_closed: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
     def problems(self) -> list[str]:
-        """What validation reports and a save refuses: errors, refused quotas, then warnings."""
-        return [*self.errors, *self.fail_closed, *self.warnings]
+        """What validation reports and a save refuses: errors, then warnings."""
+        return [*self.errors, *self.warnings]
 
 
 def load_config(text: str, *, environ: Mapping[str, str], path: str | None = None) -> LoadResult:
@@ -215,7 +215,7 @@ def load_config(text: str, *, environ: Mapping[str, str], path: str | None = Non
     return LoadResult(
         config=config if not problems.errors else None,
         errors=problems.errors,
-        warnings=problems.warnings,
+        warnings=problems.fail_closed + problems.warnings,
         fail_closed=problems.fail_closed,
         notes=problems.notes,
     )
@@ -285,8 +285,8 @@ def _load(text: str, environ: Mapping[str, str], path: str | None, problems: Pro
     providers = _providers(reader, root.get("providers"))
     quotas = _quotas(reader, root.get("quotas"))
     hooks = _hooks(reader, root.get("hooks"))
-    database = _database(reader, root.get("database"))
-    extra = _extras(reader, root)
+    database = read_database(reader, root.get("database"))
+    extra = read_extras(reader, root)
     grants = read_grants(reader, root.get("grants"), server.identity.capability or DEFAULT_CAPABILITY)
     grants += read_temp_grants(reader, root.get("temp_grants"))
     auto_cost_basis = reader.boolean(root, "auto_cost_basis", "", True)
@@ -526,118 +526,3 @@ def _hooks(reader: Reader, value: object) -> dict[str, HookDef]:
             preference=reader.integer(fields, "preference", path),
         )
     return hooks
-
-
-def _database(reader: Reader, value: object) -> DatabaseSettings:
-    fields = reader.obj(value, "database", DATABASE_KEYS)
-    if fields is None:
-        return DatabaseSettings()
-    retention = Retention()
-    section = reader.obj(fields.get("retention"), "database.retention", RETENTION_KEYS)
-    if section is not None:
-        purge = (
-            reader.strings(section, "purge", "database.retention") if "purge" in section else retention.purge
-        )
-        for target in purge:
-            if target not in PURGE_TARGETS:
-                reader.warn(
-                    f'database.retention.purge: unknown target "{target}" (expected captures or tools)'
-                )
-        retention = Retention(
-            duration=_retention_seconds(reader, section),
-            require_export=reader.boolean(section, "require_export", "database.retention"),
-            purge=tuple(target for target in purge if target in PURGE_TARGETS),
-        )
-    filterable = []
-    headers = reader.obj(fields.get("headers"), "database.headers", ("filterable",))
-    for index, item in enumerate(reader.array(headers or {}, "filterable", "database.headers")):
-        where = f"database.headers.filterable[{index}]"
-        entry = reader.obj(item, where, ("name", "redact_values"))
-        name = reader.string(entry, "name", where).strip().lower() if entry is not None else ""
-        if entry is not None and not name:
-            reader.warn(f"{where}: name is required")
-        elif entry is not None:
-            filterable.append((name, reader.boolean(entry, "redact_values", where)))
-    return DatabaseSettings(retention=retention, filterable_headers=tuple(filterable))
-
-
-def _retention_seconds(reader: Reader, section: Mapping[str, Any]) -> int | None:
-    """``duration``: ``""`` → None (forever), ``"0"`` → 0, else clamped to [1h, 3650d]."""
-    written = reader.string(section, "duration", "database.retention").strip()
-    if not written:
-        return None
-    try:
-        seconds = parse_duration(written, allow_days=True)
-    except ValueError as exc:
-        reader.warn(f"database.retention.duration: {exc}; captures are kept forever")
-        return None
-    if seconds == 0:
-        return 0
-    if seconds < MIN_RETENTION or seconds > MAX_RETENTION:
-        bound = MIN_RETENTION if seconds < MIN_RETENTION else MAX_RETENTION
-        reader.warn(
-            f'database.retention.duration "{written}" must be between 1h and 3650d, or "0"; using {bound}s'
-        )
-        return bound
-    return int(seconds)
-
-
-def _extras(reader: Reader, root: Mapping[str, Any]) -> dict[str, Any]:
-    """``exporters``, ``mcp``, ``connectors`` and ``flags``: checked, kept, not acted on."""
-    extra: dict[str, Any] = {}
-    exporters = reader.obj(root.get("exporters"), "exporters", ("s3",))
-    if exporters is not None:
-        s3 = reader.obj(exporters.get("s3"), "exporters.s3", S3_KEYS)
-        if s3 is not None:
-            s3 = reader.expand_tree(s3)
-            for key in ("bucket_name", "region", "endpoint", "prefix", "access_key_id", "access_secret"):
-                reader.raw_string(s3, key, "exporters.s3")
-            if str(s3.get("prefix") or "").endswith("/"):
-                reader.warn("exporters.s3.prefix must not end with a slash")
-            if reader.integer(s3, "limit", "exporters.s3", 1000) > S3_MAX_LIMIT:
-                s3["limit"] = S3_MAX_LIMIT
-            reader.integer(s3, "every", "exporters.s3")
-            if s3.get("bucket_name"):
-                reader.warn("exporters.s3: S3 export is not implemented yet; nothing will be exported")
-            extra["exporters"] = {"s3": s3}
-    mcp = reader.obj(root.get("mcp"), "mcp", MCP_KEYS)
-    if mcp is not None:
-        servers = _servers(reader, mcp, "mcp", "mcp server", ("url",))
-        if servers or reader.boolean(mcp, "accept_registrations", "mcp"):
-            reader.warn("mcp: MCP proxying is not implemented yet; no MCP server will be reached")
-        extra["mcp"] = {"accept_registrations": mcp.get("accept_registrations") is True, "servers": servers}
-    connectors = reader.obj(root.get("connectors"), "connectors", ("servers",))
-    if connectors is not None:
-        servers = _servers(reader, connectors, "connectors", "connector", None)
-        for cid in servers:
-            if not (cid[:1].isalpha() and cid.isalnum() and cid.isascii()):
-                reader.warn(f'connector id "{cid}" must start with a letter and hold only letters and digits')
-        if servers:
-            reader.warn("connectors: connectors are not implemented yet; no connector will be reached")
-        extra["connectors"] = {"servers": servers}
-    flags = reader.obj(root.get("flags"), "flags", FLAGS)
-    if flags is not None:
-        for name, item in flags.items():
-            entry = reader.obj(item, key_path("flags", name), ("value",))
-            enabled = entry is not None and reader.boolean(entry, "value", key_path("flags", name))
-            if name == "connectors":
-                reader.note("flags.connectors is deprecated and has no effect")
-            elif name == "chat_ui" and enabled:
-                reader.warn("flags.chat_ui: the chat UI is not implemented yet")
-        extra["flags"] = reader.expand_tree(flags)
-    return extra
-
-
-def _servers(
-    reader: Reader, section: Mapping[str, Any], path: str, what: str, known: Collection[str] | None
-) -> dict[str, Any]:
-    servers = {}
-    for sid, item in (reader.obj(section.get("servers"), f"{path}.servers") or {}).items():
-        where = key_path(f"{path}.servers", sid)
-        entry = reader.obj(item, where, known)
-        if entry is None:
-            continue
-        if not reader.string(entry, "url", where).strip():
-            reader.warn(f"{what} {sid} has no url configured")
-        servers[sid] = reader.expand_tree(entry)
-    return servers

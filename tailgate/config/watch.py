@@ -25,6 +25,16 @@ SETTLE_SECONDS = 0.05
 """After a change is seen, wait this long for the writer to finish before reading."""
 
 
+RESTART_ONLY = ("listen", "database", "workers")
+"""``server`` settings a running gateway cannot change; a reload only warns about them."""
+
+
+def _warn_about_startup_settings(old: Config, new: Config) -> None:
+    for name in RESTART_ONLY:
+        if getattr(old.server, name) != getattr(new.server, name):
+            logger.warning("config: server.%s changed; it takes effect at the next restart", name)
+
+
 def _bullets(lines: Iterable[str]) -> str:
     return "".join(f"\n  - {line}" for line in lines)
 
@@ -128,7 +138,7 @@ class ConfigWatcher:
                 "config %s (%s) is not usable; keeping the last good config:%s",
                 self.path,
                 reason,
-                _bullets(result.errors + result.fail_closed + result.warnings),
+                _bullets(result.errors + result.warnings),
             )
             return
         if result.fail_closed:
@@ -137,13 +147,16 @@ class ConfigWatcher:
                 self.path,
                 _bullets(result.fail_closed),
             )
+        warnings = [w for w in result.warnings if w not in result.fail_closed]
         logger.info(
             "config %s loaded (%s) with %d warning(s)%s",
             self.path,
             reason,
-            len(result.warnings),
-            _bullets(result.warnings + result.notes),
+            len(warnings),
+            _bullets(warnings + result.notes),
         )
+        if self._current is not None:
+            _warn_about_startup_settings(self._current, result.config)
         self._current = result.config
         try:
             self._on_change(result.config)
