@@ -500,7 +500,11 @@ class MockUpstream:
         body = await request.read()
         headers = [(key.decode("latin-1"), value.decode("latin-1")) for key, value in request.raw_headers]
         recorded = RecordedRequest(
-            request.method, request.raw_path.partition("?")[0], request.query_string, headers, body
+            request.method,
+            request.raw_path.partition("?")[0],
+            request.rel_url.raw_query_string,
+            headers,
+            body,
         )
         exchange = Exchange(recorded)
         self.exchanges.append(exchange)
@@ -519,18 +523,12 @@ class MockUpstream:
         found = (
             route(request.method, local, request.headers, request.query_string) if local is not None else None
         )
-        dialect = found.dialect if found else path_dialect(local or path)
+        call = _Call(request, exchange, found.dialect if found else path_dialect(local or path))
         try:
-            scenario = parse_scenario(self.scenario, request.headers.get("x-mock-scenario", ""))
+            call.scenario = parse_scenario(self.scenario, request.headers.get("x-mock-scenario", ""))
         except ValueError as exc:
-            return await self._send(
-                request,
-                exchange,
-                scenario=Scenario(),
-                dialect=dialect,
-                status=400,
-                body=error_body(dialect, 400, f"mock: {exc}"),
-            )
+            return await self._send(call, 400, call.error(400, f"mock: {exc}"))
+        scenario = call.scenario
         if scenario.garbage:
             assert request.transport is not None
             request.transport.write(GARBAGE)
@@ -543,136 +541,122 @@ class MockUpstream:
         if scenario.hang:
             await asyncio.Event().wait()
         if found is None:
-            message = f"Invalid URL ({request.method} {path})"
-            return await self._send(
-                request, exchange, scenario, dialect, 404, error_body(dialect, 404, message)
-            )
-        refusal = self._check_credential(request, dialect)
+            return await self._send(call, 404, call.error(404, f"Invalid URL ({request.method} {path})"))
+        refusal = self._check_credential(call)
         if refusal is not None:
-            return await self._send(request, exchange, scenario, dialect, *refusal)
+            return await self._send(call, *refusal)
         if scenario.error is not None:
-            return await self._send(
-                request, exchange, scenario, dialect, scenario.error, error_body(dialect, scenario.error)
-            )
+            return await self._send(call, scenario.error, call.error(scenario.error))
         if found.operation is None:
-            return await self._send(
-                request, exchange, scenario, dialect, 200, model_list(dialect, self.models)
-            )
+            return await self._send(call, 200, model_list(call.dialect, self.models))
         try:
             payload = orjson.loads(exchange.request.body)
         except orjson.JSONDecodeError:
             payload = None
         if not isinstance(payload, dict):
-            return await self._send(
-                request,
-                exchange,
-                scenario,
-                dialect,
-                400,
-                error_body(dialect, 400, "The request body is not a JSON object."),
-            )
-        model = found.model or str(payload.get("model", ""))
+            return await self._send(call, 400, call.error(400, "The request body is not a JSON object."))
         answer = demo_answer(
             found.operation,
-            model,
+            found.model or str(payload.get("model", "")),
             payload,
             stream=payload.get("stream") is True,
             query=request.query_string,
             options=scenario.demo_options(),
         )
         if answer.chunks:
-            return await self._stream(request, exchange, scenario, dialect, answer)
-        return await self._send(
-            request, exchange, scenario, dialect, answer.status, answer.body, answer.content_type
-        )
+            return await self._stream(call, answer)
+        return await self._send(call, answer.status, answer.body, answer.content_type)
 
-    def _check_credential(self, request: web.Request, dialect: Dialect) -> tuple[int, bytes] | None:
+    def _check_credential(self, call: _Call) -> tuple[int, bytes] | None:
         if not self.credentials:
             return None
+        headers = call.request.headers
         presented = {
-            "bearer": request.headers.get("authorization", "").removeprefix("Bearer "),
-            "x-api-key": request.headers.get("x-api-key", ""),
-            "x-goog-api-key": request.headers.get("x-goog-api-key", ""),
+            "bearer": headers.get("authorization", "").removeprefix("Bearer "),
+            "x-api-key": headers.get("x-api-key", ""),
+            "x-goog-api-key": headers.get("x-goog-api-key", ""),
         }
         if any(presented.get(style) == value for style, value in self.credentials.items()):
             return None
         # The messages never repeat the presented key: tests grep bodies for leaked secrets.
-        if dialect is Dialect.GEMINI:
+        if call.dialect is Dialect.GEMINI:
             return _gemini_key_error(any(presented.values()))
-        if dialect is Dialect.ANTHROPIC:
-            return 401, error_body(dialect, 401, "invalid x-api-key")
-        return 401, error_body(dialect, 401)
-
-    def _headers(
-        self, dialect: Dialect, content_type: str, status: int, scenario: Scenario
-    ) -> dict[str, str]:
-        name, value = _request_id(dialect)
-        headers = {"content-type": content_type, name: value}
-        if status in (429, 503, 529) or scenario.retry_after is not None:
-            headers["retry-after"] = str(1 if scenario.retry_after is None else scenario.retry_after)
-        return headers
+        return 401, call.error(401, "invalid x-api-key" if call.dialect is Dialect.ANTHROPIC else None)
 
     async def _send(
-        self,
-        request: web.Request,
-        exchange: Exchange,
-        scenario: Scenario,
-        dialect: Dialect,
-        status: int,
-        body: bytes,
-        content_type: str = "application/json",
+        self, call: _Call, status: int, body: bytes, content_type: str = "application/json"
     ) -> web.StreamResponse:
-        headers = self._headers(dialect, content_type, status, scenario)
-        if scenario.gzip:
+        headers = call.headers(status, content_type)
+        if call.scenario.gzip:
             body, headers["content-encoding"] = gzip.compress(body), "gzip"
-        elif scenario.br:
+        elif call.scenario.br:
             body, headers["content-encoding"] = brotli.compress(body), "br"
-        response = web.StreamResponse(status=status, headers=headers)
-        response.content_length = len(body)
-        exchange.status, exchange.headers = status, list(headers.items())
-        await response.prepare(request)
-        if scenario.die_after is not None:
-            sent = body[: scenario.die_after]
-            await response.write(sent)
-            exchange.body += sent
-            return await self._die(request, exchange, response)
+        response = await call.prepare(status, headers, len(body))
+        if call.scenario.die_after is not None:
+            body = body[: call.scenario.die_after]
         await response.write(body)
-        exchange.body += body
+        call.exchange.body += body
+        if call.scenario.die_after is not None:
+            return await self._die(call, response)
         await response.write_eof()
-        exchange.complete = True
+        call.exchange.complete = True
         return response
 
-    async def _stream(
-        self,
-        request: web.Request,
-        exchange: Exchange,
-        scenario: Scenario,
-        dialect: Dialect,
-        answer: DemoAnswer,
-    ) -> web.StreamResponse:
-        headers = self._headers(dialect, answer.content_type, answer.status, scenario)
+    async def _stream(self, call: _Call, answer: DemoAnswer) -> web.StreamResponse:
+        headers = call.headers(answer.status, answer.content_type)
         headers["cache-control"] = "no-cache"
-        response = web.StreamResponse(status=answer.status, headers=headers)
-        exchange.status, exchange.headers = answer.status, list(headers.items())
-        await response.prepare(request)
+        response = await call.prepare(answer.status, headers)
         for number, chunk in enumerate(answer.chunks):
-            if number == scenario.die_after:
-                return await self._die(request, exchange, response)
-            if number and scenario.chunk_delay:
-                await asyncio.sleep(scenario.chunk_delay / 1000)
+            if number == call.scenario.die_after:
+                return await self._die(call, response)
+            if number and call.scenario.chunk_delay:
+                await asyncio.sleep(call.scenario.chunk_delay / 1000)
             await response.write(chunk)
-            exchange.body += chunk
+            call.exchange.body += chunk
         await response.write_eof()
-        exchange.complete = True
+        call.exchange.complete = True
         return response
 
-    async def _die(
-        self, request: web.Request, exchange: Exchange, response: web.StreamResponse
-    ) -> web.StreamResponse:
+    async def _die(self, call: _Call, response: web.StreamResponse) -> web.StreamResponse:
         # Give the client a moment to read what was sent: a reset can discard unread data.
         await asyncio.sleep(0.05)
-        exchange.reset = True
-        _reset(request)
+        call.exchange.reset = True
+        _reset(call.request)
+        return response
+
+
+@dataclass
+class _Call:
+    """One request being answered."""
+
+    request: web.Request
+    exchange: Exchange
+    dialect: Dialect
+    scenario: Scenario = field(default_factory=Scenario)
+    request_id: tuple[str, str] = ("", "")
+
+    def __post_init__(self) -> None:
+        self.request_id = _request_id(self.dialect)
+
+    def error(self, status: int, message: str | None = None) -> bytes:
+        return error_body(self.dialect, status, message, request_id=self.request_id[1])
+
+    def headers(self, status: int, content_type: str) -> dict[str, str]:
+        headers = {"content-type": content_type, self.request_id[0]: self.request_id[1]}
+        retry_after = self.scenario.retry_after
+        if status in (429, 503, 529) or retry_after is not None:
+            headers["retry-after"] = str(1 if retry_after is None else retry_after)
+        return headers
+
+    async def prepare(
+        self, status: int, headers: dict[str, str], length: int | None = None
+    ) -> web.StreamResponse:
+        """Send the status line and headers, and record them on the exchange."""
+        response = web.StreamResponse(status=status, headers=headers)
+        if length is not None:
+            response.content_length = length
+        self.exchange.status, self.exchange.headers = status, list(headers.items())
+        await response.prepare(self.request)
         return response
 
 
