@@ -735,6 +735,20 @@ def test_exporters_mcp_connectors_and_flags_are_accepted_and_kept() -> None:
     assert extra["connectors"]["servers"]["github"]["protocol"] == "http"
 
 
+def test_mcp_grant_patterns_are_checked_against_declared_servers() -> None:
+    grant = {
+        "src": ["*"],
+        "app": {CAP: [{"role": "admin", "mcp_tools": "search/*"}, {"mcp_tools": "internal/*"}]},
+    }
+    declared = {"servers": {"search": {"url": "http://search/v1/mcp"}}}
+    assert "mcp_tools pattern" not in " ".join(load(base(grants=[grant], mcp=declared)).warnings)
+    registering = {"accept_registrations": True}
+    assert "mcp_tools pattern" not in " ".join(load(base(grants=[grant], mcp=registering)).warnings)
+    assert 'mcp_tools pattern "search/*" references server "search"' in " ".join(
+        load(base(grants=[grant])).warnings
+    )
+
+
 def test_mcp_and_connector_problems() -> None:
     doc = base(
         mcp={"servers": {"a": {}}},

@@ -298,9 +298,12 @@ def reference_problems(
     providers: Collection[str],
     quotas: Collection[str],
     hooks: Collection[str],
-    mcp_servers: Collection[str],
+    mcp_servers: Collection[str] | None,
 ) -> list[str]:
-    """Grant references to providers, quotas, hooks and MCP servers that are not declared."""
+    """Grant references to providers, quotas, hooks and MCP servers that are not declared.
+
+    ``mcp_servers`` is None when servers may register at run time (nothing to check against).
+    """
     problems = []
     for grant in grants:
         for cap in grant.capabilities:
@@ -313,7 +316,9 @@ def reference_problems(
                     )
             for field_name in MCP_FIELDS:
                 mcp_pattern = cap.extra.get(field_name)
-                name = mcp_pattern.split("/", 1)[0] if isinstance(mcp_pattern, str) else "**"
+                if mcp_servers is None or not isinstance(mcp_pattern, str):
+                    continue
+                name = mcp_pattern.split("/", 1)[0]
                 if name != "**" and not any(fnmatch.fnmatchcase(s, name) for s in mcp_servers):
                     problems.append(
                         f'{grant.origin}: {field_name} pattern "{mcp_pattern}" references server "{name}"'

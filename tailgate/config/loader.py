@@ -291,11 +291,10 @@ def _load(text: str, environ: Mapping[str, str], path: str | None, problems: Pro
     grants += read_temp_grants(reader, root.get("temp_grants"))
     auto_cost_basis = reader.boolean(root, "auto_cost_basis", "", True)
 
-    mcp_servers = set(extra.get("mcp", {}).get("servers", {})) | {"internal"}
-    if extra.get("mcp", {}).get("accept_registrations"):
-        mcp_servers.add("*")
-    problems.warnings.extend(reference_problems(grants, providers, quotas, hooks, mcp_servers))
-    if not providers and mcp_servers == {"internal"} and not extra.get("connectors", {}).get("servers"):
+    mcp = extra.get("mcp", {})
+    known_servers = None if mcp.get("accept_registrations") else {*mcp.get("servers", {}), "internal"}
+    problems.warnings.extend(reference_problems(grants, providers, quotas, hooks, known_servers))
+    if not providers and not mcp.get("servers") and not extra.get("connectors", {}).get("servers"):
         reader.warn("no providers or mcp servers defined; users will not be able to access any models")
     if not any(cap.role == "admin" for grant in grants if grant.src for cap in grant.capabilities):
         reader.warn(NO_ADMIN)
