@@ -169,6 +169,7 @@ def m002_sessions_and_rollups(db: MigrationContext) -> None:
     db.execute("CREATE INDEX sessions_last_idx ON sessions (last_ts_ms, principal, session_id)")
     db.execute("CREATE INDEX sessions_principal_last_idx ON sessions (principal, last_ts_ms, session_id)")
     # day: days since 1970-01-01 UTC. provider and model are '' when the request had none.
+    # Key order: grouping by (day, principal, model), the CSV export, reads the key in order.
     db.execute(
         f"""
         CREATE TABLE rollups (
@@ -177,7 +178,7 @@ def m002_sessions_and_rollups(db: MigrationContext) -> None:
             provider TEXT NOT NULL,
             model TEXT NOT NULL,
             {_TOTALS_COLUMNS},
-            PRIMARY KEY (day, principal, provider, model)
+            PRIMARY KEY (day, principal, model, provider)
         )
         """
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import struct
 import zlib
 from collections.abc import Sequence
@@ -71,6 +72,7 @@ def day_of(day: date) -> int:
     return (day - _EPOCH).days
 
 
+@functools.lru_cache(maxsize=4096)
 def date_of(day: int) -> date:
     return _EPOCH + timedelta(days=day)
 

@@ -112,7 +112,8 @@ def _add(into: list[int], more: list[int]) -> None:
 
 
 def _totals(values: Sequence[Any]) -> Totals:
-    return Totals(*(int(v or 0) for v in values))
+    # SUM over NOT NULL integer columns is an int, or NULL when nothing matched.
+    return Totals(*values) if values[0] is not None else Totals()
 
 
 def _page_limit(limit: int) -> int:
@@ -362,7 +363,7 @@ class SQLStore:
             out = UsageRow(totals)
             for name, value in zip(dims, row, strict=False):
                 if name == "day":
-                    out.day = date_of(int(value))
+                    out.day = date_of(value)
                 else:
                     setattr(out, name, value or None)
             result.append(out)
