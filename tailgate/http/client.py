@@ -336,13 +336,18 @@ class UpstreamPool:
         if conn is None:
             conn = await self._connect(origin)
         try:
+            try:
+                return await self._exchange(origin, conn, payload, timeout)
+            except UpstreamClosed:
+                if not reused or conn.received_any:
+                    raise
+            # A kept-alive connection the upstream had already closed: retry once on a fresh one.
+            conn = await self._connect(origin)
             return await self._exchange(origin, conn, payload, timeout)
-        except UpstreamClosed:
-            if not reused or conn.received_any:
-                raise
-        # A kept-alive connection the upstream had already closed: retry once on a fresh one.
-        conn = await self._connect(origin)
-        return await self._exchange(origin, conn, payload, timeout)
+        except UpstreamClosed as exc:
+            raise UpstreamUnreachable(
+                f"the upstream {origin.host}:{origin.port} failed before answering: {exc}"
+            ) from exc
 
     async def _exchange(
         self, origin: Origin, conn: _UpstreamProtocol, payload: bytes, timeout: float
