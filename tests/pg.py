@@ -24,6 +24,8 @@ import psycopg
 import pytest
 
 from tailgate.record import Capture, Outcome, Record
+from tailgate.store import open_store
+from tailgate.store.sql import SQLStore
 from tailgate.usage import Usage
 
 HOST, PORT, DATABASE = "127.0.0.1", 5432, "test"
@@ -94,6 +96,16 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "tailgate.db")
     return new_schema_url(request.getfixturevalue("pg_admin_url"))
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[SQLStore]:
+    """A migrated store on ``store_url``."""
+    s = open_store(store_url)
+    assert isinstance(s, SQLStore)
+    s.migrate()
+    yield s
+    s.close()
 
 
 class TcpProxy:

@@ -8,7 +8,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,9 @@ from tailgate.record import Record
 from tailgate.recorder import Recorder, Spool
 from tailgate.store import PostgresStore, RecordFilter, SessionFilter, SQLiteStore, UsageQuery, open_store
 from tailgate.store.sql import SQLStore
-from tests.pg import HOST, PORT, TcpProxy, new_schema_url, pg_admin_url, sample_record, store_url
+from tests.pg import HOST, PORT, TcpProxy, new_schema_url, pg_admin_url, sample_record, store, store_url
 
-__all__ = ["pg_admin_url", "store_url"]
+__all__ = ["pg_admin_url", "store", "store_url"]
 
 T0 = 1_767_225_600_000
 
@@ -60,15 +60,6 @@ class GatedStore:
     def insert_records(self, records: Iterable[Record]) -> int:
         self.gate.wait(timeout=20)
         return self.store.insert_records(records)
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[SQLStore]:
-    s = open_store(store_url)
-    assert isinstance(s, SQLStore)
-    s.migrate()
-    yield s
-    s.close()
 
 
 def recorder(store: Any, tmp_path: Path, name: str = "spool.bin", **kwargs: Any) -> Recorder[Record]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import threading
 from collections import defaultdict
-from collections.abc import Iterator
 from datetime import UTC, date, datetime
 
 import pytest
@@ -27,20 +26,11 @@ from tailgate.store import (
 from tailgate.store.migrations import migration_names
 from tailgate.store.serialize import RECORD_COLUMNS, record_row
 from tailgate.store.sql import SQLStore
-from tests.pg import DAY_MS, PRINCIPALS, pg_admin_url, sample_record, store_url
+from tests.pg import DAY_MS, PRINCIPALS, pg_admin_url, sample_record, store, store_url
 
-__all__ = ["pg_admin_url", "store_url"]
+__all__ = ["pg_admin_url", "store", "store_url"]
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[SQLStore]:
-    s = open_store(store_url)
-    assert isinstance(s, SQLStore)
-    s.migrate()
-    yield s
-    s.close()
 
 
 def spread(n: int, *, start: int = T0, step: int = 3_600_000, capture: bool = False) -> list[Record]:

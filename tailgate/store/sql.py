@@ -289,17 +289,12 @@ class SQLStore:
         self, filters: SessionFilter, *, limit: int = 50, cursor: str | None = None, scope: str | None = None
     ) -> Page[SessionSummary]:
         limit = _page_limit(limit)
-        where: list[str] = []
-        params: list[Any] = []
-        for condition, value in (
+        where, params = _conditions(
             ("principal = ?", filters.principal),
             ("principal = ?", scope),
             ("last_ts_ms >= ?", filters.since_ms),
             ("first_ts_ms < ?", filters.until_ms),
-        ):
-            if value is not None:
-                where.append(condition)
-                params.append(value)
+        )
         if cursor is not None:
             where.append("(last_ts_ms, principal, session_id) < (?, ?, ?)")
             params.extend(decode_cursor(cursor, (int, str, str)))
@@ -438,10 +433,14 @@ def _where(conditions: list[str]) -> str:
     return f" WHERE {' AND '.join(conditions)}" if conditions else ""
 
 
+def _conditions(*pairs: tuple[str, Any]) -> tuple[list[str], list[Any]]:
+    """The conditions whose value is given (not ``None``), and their parameters."""
+    kept = [(condition, value) for condition, value in pairs if value is not None]
+    return [c for c, _ in kept], [v for _, v in kept]
+
+
 def _record_conditions(f: RecordFilter, scope: str | None) -> tuple[list[str], list[Any]]:
-    where: list[str] = []
-    params: list[Any] = []
-    for condition, value in (
+    return _conditions(
         ("principal = ?", f.principal),
         ("principal = ?", scope),
         ("model = ?", f.model),
@@ -451,28 +450,18 @@ def _record_conditions(f: RecordFilter, scope: str | None) -> tuple[list[str], l
         ("session_id = ?", f.session),
         ("ts_ms >= ?", f.since_ms),
         ("ts_ms < ?", f.until_ms),
-    ):
-        if value is not None:
-            where.append(condition)
-            params.append(value)
-    return where, params
+    )
 
 
 def _usage_conditions(q: UsageQuery, scope: str | None) -> tuple[list[str], list[Any]]:
-    where: list[str] = []
-    params: list[Any] = []
-    for condition, value in (
+    return _conditions(
         ("day >= ?", day_of(q.since) if q.since else None),
         ("day <= ?", day_of(q.until) if q.until else None),
         ("principal = ?", q.principal),
         ("principal = ?", scope),
         ("provider = ?", q.provider),
         ("model = ?", q.model),
-    ):
-        if value is not None:
-            where.append(condition)
-            params.append(value)
-    return where, params
+    )
 
 
 def _now_ms() -> int:
