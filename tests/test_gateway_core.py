@@ -49,7 +49,8 @@ def core_config(mock_url: str, *, extra_providers: str = "", server: str = "") -
     {extra_providers}
   }},
   "grants": [
-    {{"src": ["(loopback)"], "app": {{"tailscale.com/cap/aperture": [{{"role": "admin"}}, {{"models": "**"}}]}}}},
+    {{"src": ["(loopback)"],
+      "app": {{"tailscale.com/cap/aperture": [{{"role": "admin"}}, {{"models": "**"}}]}}}},
   ],
   {server}
 }}"""
@@ -513,7 +514,7 @@ def test_probes_and_model_lists(gw: RunningGateway) -> None:
 
 
 def test_responses_websocket_is_refused_at_once(gw: RunningGateway) -> None:
-    status, headers, data = request(
+    status, _headers, data = request(
         gw,
         "GET",
         "/v1/responses",
