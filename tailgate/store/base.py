@@ -166,7 +166,8 @@ class Store(KeyStore, Protocol):
     def purge(self, retention: Retention, now_ms: int, *, batch_size: int = 1000) -> int:
         """Delete one batch of captures older than the retention window; return how many went.
 
-        Metric records are always kept. Call again while it returns ``batch_size``.
+        Metric records, roll-ups and sessions are always kept. Call again until it returns 0.
+        ``require_export`` keeps every capture: there is no exporter yet, so none is exported.
         """
         ...
 
