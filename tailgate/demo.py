@@ -23,7 +23,7 @@ import os
 import re
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -52,7 +52,7 @@ _FINGERPRINT = "fp_7d1e0c5a3b"
 _THINKING = "The caller wants a friendly demo answer."
 _SIGNATURE = "RGVtb1NpZ25hdHVyZUZyb21UYWlsZ2F0ZQ=="
 _TOOL_ARGS = {"city": "Paris"}
-_TOOL_FRAGMENTS = ('{"city":', '"Paris"}')
+_TOOL_FRAGMENTS: tuple[str, ...] = ('{"city":', '"Paris"}')
 _SKIPPED_KEYS = frozenset({"role", "type"})
 
 
@@ -135,15 +135,14 @@ def demo_answer(
     if operation is Operation.MESSAGES:
         return _sse(_messages_stream(plan)) if stream else _json(_message(plan))
     if operation is Operation.GENERATE_CONTENT:
-        return _json(
-            _gemini_response(plan, _rand(22), plan.text, final=True, done=len(plan.pieces)), indent=True
-        )
+        usage = _gemini_usage(plan, len(plan.pieces))
+        return _json(_gemini_response(plan, _rand(22), plan.text, usage, final=True), indent=True)
     if operation is Operation.STREAM_GENERATE_CONTENT:
-        chunks = _gemini_stream(plan)
         if "alt=sse" in query.split("&"):
-            return _sse(tuple(b"data: " + chunk + b"\r\n\r\n" for chunk in chunks))
+            return _sse(tuple(_gemini_stream(plan, b"data: ", b"\r\n\r\n")))
         # Without alt=sse the answer is one JSON array, sent an element at a time.
-        pieces = [b"[" + chunks[0], *(b",\r\n" + chunk for chunk in chunks[1:])]
+        pieces = _gemini_stream(plan, b",\r\n", b"")
+        pieces[0] = b"[" + pieces[0][3:]
         pieces[-1] += b"]"
         return _stream(JSON, tuple(pieces))
     raise ValueError(f"the demo provider does not answer {operation}")
@@ -162,21 +161,25 @@ def _stream(content_type: str, chunks: tuple[bytes, ...]) -> DemoAnswer:
     return DemoAnswer(200, content_type, b"".join(chunks), chunks)
 
 
-def _event(name: str, data: Mapping[str, Any]) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+def _event(name: str, **fields: Any) -> bytes:
+    """One SSE event named ``name`` whose data repeats the name as its ``type``."""
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps({"type": name, **fields}) + b"\n\n"
 
 
-def _template(value: Any) -> tuple[bytes, ...]:
-    """``value`` serialised once and cut at each ``_SLOT`` string, for :func:`_fill`."""
-    return tuple(orjson.dumps(value).split(_SLOT_JSON))
+def _template(value: Any, head: bytes = b"", tail: bytes = b"") -> tuple[bytes, ...]:
+    """``head``, ``value`` serialised and ``tail``, cut at each ``_SLOT`` string, for :func:`_fill`."""
+    return tuple((head + orjson.dumps(value) + tail).split(_SLOT_JSON))
 
 
 def _fill(template: tuple[bytes, ...], *values: bytes) -> bytes:
-    """The template's JSON with the slots replaced, in order, by ``values`` (JSON tokens)."""
-    out = [template[0]]
-    for value, segment in zip(values, template[1:], strict=True):
-        out += (value, segment)
-    return b"".join(out)
+    """The template with its slots replaced, in order, by ``values`` (JSON tokens)."""
+    if len(values) == 1:
+        return template[0] + values[0] + template[1]
+    if len(values) == 2:
+        return template[0] + values[0] + template[1] + values[1] + template[2]
+    if len(values) == 3:
+        return template[0] + values[0] + template[1] + values[1] + template[2] + values[2] + template[3]
+    return b"".join(piece for pair in zip(template, values, strict=False) for piece in pair) + template[-1]
 
 
 def _rand(length: int) -> str:
@@ -243,65 +246,64 @@ def _part_texts(parts: Iterable[Any]) -> Iterable[str]:
             yield part["text"]
 
 
-def _max_tokens(operation: Operation, body: Mapping[str, Any]) -> Any:
-    if operation is Operation.CHAT_COMPLETIONS:
-        return body.get("max_completion_tokens") or body.get("max_tokens")
-    if operation is Operation.RESPONSES:
-        return body.get("max_output_tokens")
-    if operation is Operation.MESSAGES:
-        return body.get("max_tokens")
-    config = body.get("generationConfig") or body.get("generation_config")
-    if isinstance(config, Mapping):
-        return config.get("maxOutputTokens") or config.get("max_output_tokens")
-    return None
+_LIMIT_FIELDS = {
+    Operation.CHAT_COMPLETIONS: ("max_completion_tokens", "max_tokens"),
+    Operation.RESPONSES: ("max_output_tokens",),
+    Operation.MESSAGES: ("max_tokens",),
+}
 
 
-def _tool_name(operation: Operation, body: Mapping[str, Any]) -> str:
+def _max_tokens(operation: Operation, body: Mapping[str, Any]) -> int | None:
+    fields = _LIMIT_FIELDS.get(operation)
+    if fields is None:  # Gemini keeps it in generationConfig
+        config = body.get("generationConfig") or body.get("generation_config")
+        body, fields = (
+            (config if isinstance(config, Mapping) else {}),
+            ("maxOutputTokens", "max_output_tokens"),
+        )
+    limit = next((body[name] for name in fields if body.get(name)), None)
+    return limit if type(limit) is int else None
+
+
+def _tool_name(body: Mapping[str, Any]) -> str:
+    """The first tool the request declares, in any dialect's shape."""
     tools = body.get("tools")
     for tool in tools if isinstance(tools, list) else ():
-        if not isinstance(tool, Mapping):
-            continue
-        candidates: list[Any] = [tool.get("name")]
-        if isinstance(tool.get("function"), Mapping):
-            candidates.append(tool["function"].get("name"))
-        for key in ("functionDeclarations", "function_declarations"):
-            declarations = tool.get(key)
-            if isinstance(declarations, list) and declarations and isinstance(declarations[0], Mapping):
-                candidates.append(declarations[0].get("name"))
-        for name in candidates:
-            if isinstance(name, str) and name:
-                return name
+        if isinstance(tool, Mapping):
+            declared = tool.get("functionDeclarations") or tool.get("function_declarations")
+            first = declared[0] if isinstance(declared, list) and declared else None
+            for holder in (tool, tool.get("function"), first):
+                if isinstance(holder, Mapping) and isinstance(holder.get("name"), str) and holder["name"]:
+                    return str(holder["name"])
     return "get_weather"
+
+
+def _directed(options: DemoOptions, said: str) -> DemoOptions:
+    """``options`` with the directives in ``said`` switched on; an explicit chunk count wins."""
+    found = {match.group(1).partition("=")[0]: match.group(2) for match in _DIRECTIVE.finditer(said)}
+    chunks = found.get("chunks")
+    return replace(
+        options,
+        chunks=int(chunks) if chunks is not None and options.chunks is None else options.chunks,
+        tool_call=options.tool_call or "tools" in found,
+        cache=options.cache or "cache" in found,
+        reasoning=options.reasoning or "reasoning" in found,
+        usage=options.usage and "no_usage" not in found,
+    )
 
 
 def _plan(operation: Operation, model: str, body: Mapping[str, Any], options: DemoOptions) -> _Plan:
     said = _last_user_text(operation, body)
-    chunks, tool_call, cache, reasoning, usage = (
-        options.chunks,
-        options.tool_call,
-        options.cache,
-        options.reasoning,
-        options.usage,
-    )
     if "demo:" in said:
-        for match in _DIRECTIVE.finditer(said):
-            word = match.group(1)
-            if match.group(2) is not None:
-                chunks = int(match.group(2)) if chunks is None else chunks
-            tool_call |= word == "tools"
-            cache |= word == "cache"
-            reasoning |= word == "reasoning"
-            usage &= word != "no_usage"
-        said = _DIRECTIVE.sub("", said)
-    truncated = False
-    tool = None
-    if tool_call:
-        tool = _tool_name(operation, body)
-        pieces: tuple[str, ...] = _TOOL_FRAGMENTS
+        options, said = _directed(options, said), _DIRECTIVE.sub("", said)
+    truncated, tool = False, None
+    if options.tool_call:
+        tool, pieces = _tool_name(body), _TOOL_FRAGMENTS
     else:
-        pieces = _filler(min(max(chunks, 1), MAX_CHUNKS)) if chunks is not None else _greeting(said)
+        chunks = options.chunks
+        pieces = _greeting(said) if chunks is None else _filler(min(max(chunks, 1), MAX_CHUNKS))
         limit = _max_tokens(operation, body)
-        if isinstance(limit, int) and 0 < limit < len(pieces):
+        if limit is not None and 0 < limit < len(pieces):
             pieces, truncated = pieces[:limit], True
     return _Plan(
         model=model,
@@ -309,9 +311,9 @@ def _plan(operation: Operation, model: str, body: Mapping[str, Any], options: De
         truncated=truncated,
         input_tokens=_estimate(body, operation),
         tool=tool,
-        cache=cache,
-        reasoning=reasoning,
-        usage=usage,
+        cache=options.cache,
+        reasoning=options.reasoning,
+        usage=options.usage,
         created=int(time.time()),
     )
 
@@ -336,7 +338,13 @@ def _spaced(words: tuple[str, ...]) -> tuple[str, ...]:
 # -- OpenAI Chat Completions -----------------------------------------------------------------------
 
 
+_CHAT_OUTPUT_DETAILS = dict.fromkeys(
+    ("reasoning_tokens", "audio_tokens", "accepted_prediction_tokens", "rejected_prediction_tokens"), 0
+)
+
+
 def _chat_usage(plan: _Plan) -> dict[str, Any]:
+    reasoning = REASONING_TOKENS if plan.reasoning else 0
     prompt_details: dict[str, int] = {"cached_tokens": 0, "audio_tokens": 0}
     prompt = plan.input_tokens
     if plan.cache:
@@ -347,12 +355,7 @@ def _chat_usage(plan: _Plan) -> dict[str, Any]:
         "completion_tokens": plan.output_tokens,
         "total_tokens": prompt + plan.output_tokens,
         "prompt_tokens_details": prompt_details,
-        "completion_tokens_details": {
-            "reasoning_tokens": REASONING_TOKENS if plan.reasoning else 0,
-            "audio_tokens": 0,
-            "accepted_prediction_tokens": 0,
-            "rejected_prediction_tokens": 0,
-        },
+        "completion_tokens_details": _CHAT_OUTPUT_DETAILS | {"reasoning_tokens": reasoning},
     }
 
 
@@ -402,7 +405,7 @@ def _chat_stream(plan: _Plan, include_usage: bool) -> tuple[bytes, ...]:
     if include_usage:
         # OpenAI puts "usage": null on every chunk only when the caller asked for usage.
         chunk["usage"] = None
-    template = _template(chunk)
+    template = _template(chunk, b"data: ", b"\n\n")
     if plan.tool:
         opening = {
             "role": "assistant",
@@ -417,8 +420,8 @@ def _chat_stream(plan: _Plan, include_usage: bool) -> tuple[bytes, ...]:
     else:
         deltas = [b'{"role":"assistant","content":"","refusal":null}']
         deltas += [b'{"content":' + orjson.dumps(piece) + b"}" for piece in plan.pieces]
-    chunks = [b"data: " + _fill(template, delta, b"null") + b"\n\n" for delta in deltas]
-    chunks.append(b"data: " + _fill(template, b"{}", orjson.dumps(_finish_reason(plan))) + b"\n\n")
+    chunks = [_fill(template, delta, b"null") for delta in deltas]
+    chunks.append(_fill(template, b"{}", orjson.dumps(_finish_reason(plan))))
     if include_usage:
         chunk |= {"choices": [], "usage": _chat_usage(plan)}
         chunks.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
@@ -440,6 +443,10 @@ _RESPONSE_DEFAULTS: dict[str, Any] = {
     "top_p": 1.0,
 }
 """Request fields a response echoes, with the values it reports when the request left them out."""
+
+
+_OPENING_CALL = {"status": "in_progress", "arguments": ""}
+_OPENING_MESSAGE = {"status": "in_progress", "content": []}
 
 
 def _responses_usage(plan: _Plan) -> dict[str, Any] | None:
@@ -485,28 +492,13 @@ def _response_output(plan: _Plan, response_id: str) -> list[dict[str, Any]]:
     if plan.reasoning:
         items.append({"id": "rs_" + suffix, "type": "reasoning", "summary": []})
     if plan.tool:
-        items.append(
-            {
-                "id": "fc_" + suffix,
-                "type": "function_call",
-                "status": "completed",
-                "arguments": plan.text,
-                "call_id": "call_" + suffix[:24],
-                "name": plan.tool,
-            }
-        )
+        call = {"id": "fc_" + suffix, "type": "function_call", "status": "completed", "arguments": plan.text}
+        items.append(call | {"call_id": "call_" + suffix[:24], "name": plan.tool})
     else:
-        status = "incomplete" if plan.truncated else "completed"
-        content = [_output_text(plan.text)]
-        items.append(
-            {
-                "id": "msg_" + suffix,
-                "type": "message",
-                "status": status,
-                "content": content,
-                "role": "assistant",
-            }
-        )
+        message = {"id": "msg_" + suffix, "type": "message", "status": "completed", "role": "assistant"}
+        if plan.truncated:
+            message["status"] = "incomplete"
+        items.append(message | {"content": [_output_text(plan.text)]})
     return items
 
 
@@ -521,13 +513,13 @@ def _responses_stream(plan: _Plan, body: Mapping[str, Any]) -> tuple[bytes, ...]
     events: list[bytes] = []
 
     def emit(name: str, **data: Any) -> None:
-        events.append(_event(name, {"type": name, "sequence_number": len(events), **data}))
+        events.append(_event(name, sequence_number=len(events), **data))
 
     def emit_deltas(name: str, located: dict[str, Any], **tail: Any) -> None:
-        template = _template({"type": name, "sequence_number": _SLOT, **located, "delta": _SLOT, **tail})
-        head = b"event: " + name.encode() + b"\ndata: "
+        data = {"type": name, "sequence_number": _SLOT, **located, "delta": _SLOT, **tail}
+        template = _template(data, b"event: " + name.encode() + b"\ndata: ", b"\n\n")
         for piece in plan.pieces:
-            events.append(head + _fill(template, b"%d" % len(events), orjson.dumps(piece)) + b"\n\n")
+            events.append(_fill(template, b"%d" % len(events), orjson.dumps(piece)))
 
     emit("response.created", response=started)
     emit("response.in_progress", response=started)
@@ -535,26 +527,12 @@ def _responses_stream(plan: _Plan, body: Mapping[str, Any]) -> tuple[bytes, ...]
         if item["type"] == "reasoning":
             emit("response.output_item.added", output_index=index, item=item)
         elif item["type"] == "function_call":
-            emit(
-                "response.output_item.added",
-                output_index=index,
-                item=item | {"status": "in_progress", "arguments": ""},
-            )
-            emit_deltas(
-                "response.function_call_arguments.delta", {"item_id": item["id"], "output_index": index}
-            )
-            emit(
-                "response.function_call_arguments.done",
-                item_id=item["id"],
-                output_index=index,
-                arguments=plan.text,
-            )
+            located = {"item_id": item["id"], "output_index": index}
+            emit("response.output_item.added", output_index=index, item=item | _OPENING_CALL)
+            emit_deltas("response.function_call_arguments.delta", located)
+            emit("response.function_call_arguments.done", **located, arguments=plan.text)
         else:
-            emit(
-                "response.output_item.added",
-                output_index=index,
-                item=item | {"status": "in_progress", "content": []},
-            )
+            emit("response.output_item.added", output_index=index, item=item | _OPENING_MESSAGE)
             located = {"item_id": item["id"], "output_index": index, "content_index": 0}
             emit("response.content_part.added", **located, part=_output_text(""))
             emit_deltas("response.output_text.delta", located, logprobs=[])
@@ -589,9 +567,8 @@ def _message(plan: _Plan, *, done: bool = True) -> dict[str, Any]:
     if done and plan.reasoning:
         content.append({"type": "thinking", "thinking": _THINKING, "signature": _SIGNATURE})
     if done and plan.tool:
-        content.append(
-            {"type": "tool_use", "id": "toolu_01" + _rand(22), "name": plan.tool, "input": _TOOL_ARGS}
-        )
+        tool_id = "toolu_01" + _rand(22)
+        content.append({"type": "tool_use", "id": tool_id, "name": plan.tool, "input": _TOOL_ARGS})
     elif done:
         content.append({"type": "text", "text": plan.text})
     message = {
@@ -613,8 +590,11 @@ def _stop_reason(plan: _Plan) -> str:
     return "tool_use" if plan.tool else "max_tokens" if plan.truncated else "end_turn"
 
 
+_START_ONLY_USAGE = ("cache_creation", "service_tier")
+
+
 def _messages_stream(plan: _Plan) -> tuple[bytes, ...]:
-    events = [_event("message_start", {"type": "message_start", "message": _message(plan, done=False)})]
+    events = [_event("message_start", message=_message(plan, done=False))]
     blocks: list[tuple[dict[str, Any], dict[str, Any], tuple[str, ...]]] = []
     if plan.reasoning:
         thinking = {"type": "thinking", "thinking": "", "signature": ""}
@@ -629,31 +609,21 @@ def _messages_stream(plan: _Plan) -> tuple[bytes, ...]:
     for opening, delta, pieces in blocks:
         if opening:  # an empty opening continues the block before it (the thinking block's signature)
             if index >= 0:
-                events.append(_event("content_block_stop", {"type": "content_block_stop", "index": index}))
+                events.append(_event("content_block_stop", index=index))
             index += 1
-            events.append(
-                _event(
-                    "content_block_start",
-                    {"type": "content_block_start", "index": index, "content_block": opening},
-                )
-            )
+            events.append(_event("content_block_start", index=index, content_block=opening))
             if index == 0:
                 events.append(b'event: ping\ndata: {"type": "ping"}\n\n')
-        template = _template({"type": "content_block_delta", "index": index, "delta": delta})
-        events += [
-            b"event: content_block_delta\ndata: " + _fill(template, orjson.dumps(p)) + b"\n\n" for p in pieces
-        ]
-    events.append(_event("content_block_stop", {"type": "content_block_stop", "index": index}))
-    ending: dict[str, Any] = {
-        "type": "message_delta",
-        "delta": {"stop_reason": _stop_reason(plan), "stop_sequence": None},
-    }
+        data = {"type": "content_block_delta", "index": index, "delta": delta}
+        template = _template(data, b"event: content_block_delta\ndata: ", b"\n\n")
+        events += [_fill(template, orjson.dumps(piece)) for piece in pieces]
+    events.append(_event("content_block_stop", index=index))
+    ending: dict[str, Any] = {"delta": {"stop_reason": _stop_reason(plan), "stop_sequence": None}}
     if plan.usage:
+        # message_delta repeats the counts cumulatively, without the per-TTL split or the tier.
         usage = _anthropic_usage(plan, done=True)
-        ending["usage"] = {
-            key: value for key, value in usage.items() if key not in ("cache_creation", "service_tier")
-        }
-    events.append(_event("message_delta", ending))
+        ending["usage"] = {key: value for key, value in usage.items() if key not in _START_ONLY_USAGE}
+    events.append(_event("message_delta", **ending))
     events.append(b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
     return tuple(events)
 
@@ -665,13 +635,13 @@ def _modality(tokens: int) -> dict[str, Any]:
     return {"modality": "TEXT", "tokenCount": tokens}
 
 
-def _gemini_usage(plan: _Plan, candidates: Any) -> dict[str, Any]:
+def _gemini_usage(plan: _Plan, candidates: int) -> dict[str, Any]:
     prompt = plan.input_tokens + (CACHE_READ_TOKENS if plan.cache else 0)
     thoughts = REASONING_TOKENS if plan.reasoning else 0
     usage: dict[str, Any] = {
         "promptTokenCount": prompt,
         "candidatesTokenCount": candidates,
-        "totalTokenCount": prompt + candidates + thoughts if isinstance(candidates, int) else _SLOT,
+        "totalTokenCount": prompt + candidates + thoughts,
         "promptTokensDetails": [_modality(prompt)],
     }
     if plan.cache:
@@ -684,9 +654,10 @@ def _gemini_usage(plan: _Plan, candidates: Any) -> dict[str, Any]:
     return usage
 
 
-def _gemini_response(plan: _Plan, response_id: str, text: str, *, final: bool, done: Any) -> dict[str, Any]:
-    """One GenerateContentResponse holding ``text`` (or the tool call); ``done`` counts the chunks
-    sent so far, or is ``_SLOT`` for a template."""
+def _gemini_response(
+    plan: _Plan, response_id: str, text: str, usage: dict[str, Any], *, final: bool
+) -> dict[str, Any]:
+    """One GenerateContentResponse holding ``text`` (or the tool call)."""
     part = {"functionCall": {"name": plan.tool, "args": _TOOL_ARGS}} if plan.tool else {"text": text}
     candidate: dict[str, Any] = {"content": {"parts": [part], "role": "model"}}
     if final:
@@ -694,22 +665,23 @@ def _gemini_response(plan: _Plan, response_id: str, text: str, *, final: bool, d
     candidate["index"] = 0
     answer: dict[str, Any] = {"candidates": [candidate]}
     if plan.usage:
-        answer["usageMetadata"] = _gemini_usage(plan, done)
+        answer["usageMetadata"] = usage
     return answer | {"modelVersion": plan.model, "responseId": response_id}
 
 
-def _gemini_stream(plan: _Plan) -> list[bytes]:
-    """Each chunk of a streamed answer as compact JSON; usage in each is a running total."""
+def _gemini_stream(plan: _Plan, head: bytes, tail: bytes) -> list[bytes]:
+    """Each chunk of a streamed answer as compact JSON between ``head`` and ``tail``; usage in each
+    is a running total."""
     response_id, count = _rand(22), len(plan.pieces)
-    last = orjson.dumps(_gemini_response(plan, response_id, plan.pieces[-1], final=True, done=count))
+    last = _gemini_response(plan, response_id, plan.pieces[-1], _gemini_usage(plan, count), final=True)
     if plan.tool:
-        return [last]  # a function call arrives whole, in one chunk
-    template = _template(_gemini_response(plan, response_id, _SLOT, final=False, done=_SLOT))
-    thoughts = REASONING_TOKENS if plan.reasoning else 0
-    prompt = plan.input_tokens + (CACHE_READ_TOKENS if plan.cache else 0)
+        return [head + orjson.dumps(last) + tail]  # a function call arrives whole, in one chunk
+    usage = _gemini_usage(plan, 0)
+    base = usage["totalTokenCount"]
+    usage |= {"candidatesTokenCount": _SLOT, "totalTokenCount": _SLOT}
+    template = _template(_gemini_response(plan, response_id, _SLOT, usage, final=False), head, tail)
     chunks = []
     for done, piece in enumerate(plan.pieces[:-1], start=1):
-        counts = (b"%d" % done, b"%d" % (prompt + done + thoughts)) if plan.usage else ()
+        counts = (b"%d" % done, b"%d" % (base + done)) if plan.usage else ()
         chunks.append(_fill(template, orjson.dumps(piece), *counts))
-    chunks.append(last)
-    return chunks
+    return [*chunks, head + orjson.dumps(last) + tail]
