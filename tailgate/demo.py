@@ -2,7 +2,7 @@
 
 A provider of ``"type": "demo"`` needs no upstream and no key. Its answer greets the caller and
 echoes a trimmed copy of the last user message, streamed word by word. Directives in that message
-shape the answer (the mock upstream sets the same switches through :class:`DemoOptions`):
+shape the answer (callers can set the same switches through :class:`DemoOptions`):
 
     demo:chunks=N   exactly N content chunks (N output tokens)
     demo:tools      a tool call instead of text
@@ -141,8 +141,9 @@ def demo_answer(
         if "alt=sse" in query.split("&"):
             return _sse(tuple(_gemini_stream(plan, b"data: ", b"\r\n\r\n")))
         # Without alt=sse the answer is one JSON array, sent an element at a time.
-        pieces = _gemini_stream(plan, b",\r\n", b"")
-        pieces[0] = b"[" + pieces[0][3:]
+        separator = b",\r\n"
+        pieces = _gemini_stream(plan, separator, b"")
+        pieces[0] = b"[" + pieces[0][len(separator) :]
         pieces[-1] += b"]"
         return _stream(JSON, tuple(pieces))
     raise ValueError(f"the demo provider does not answer {operation}")

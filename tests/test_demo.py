@@ -230,7 +230,7 @@ def test_options_override_directives_for_the_chunk_count() -> None:
     assert json.loads(result.body)["usage"]["completion_tokens"] == 3
 
 
-def test_answer_cost_stays_well_under_50_microseconds() -> None:
+def test_an_answer_costs_tens_of_microseconds() -> None:
     cases = [
         (Operation.CHAT_COMPLETIONS, chat("Tell me a joke about gateways", stream=True), True, ""),
         (Operation.RESPONSES, {"input": "Tell me a joke about gateways"}, True, ""),
@@ -378,10 +378,10 @@ def test_responses_stream_event_order_and_sequence_numbers() -> None:
     parsed = [strict(RESPONSES_EVENTS.validate_json(data)) for _, data in events]
     assert [name for name, _ in events] == [event.type for event in parsed] == RESPONSES_ORDER
     assert [event.sequence_number for event in parsed] == list(range(len(parsed)))
-    completed = parsed[-1].response  # type: ignore[union-attr]
+    completed = parsed[-1].response
     assert completed.output_text == f"{GREETING} You said: hi"
     assert completed.usage is not None and completed.usage.output_tokens == 8
-    assert completed.id == parsed[0].response.id and completed.id.startswith("resp_")  # type: ignore[union-attr]
+    assert completed.id == parsed[0].response.id and completed.id.startswith("resp_")
 
 
 def test_responses_through_the_openai_sdk(openai_client: openai.OpenAI) -> None:
@@ -437,9 +437,9 @@ def test_messages_stream_event_order() -> None:
     ]
     parsed = [strict(ANTHROPIC_EVENTS.validate_json(data)) for name, data in events if name != "ping"]
     start, delta = parsed[0], parsed[-2]
-    assert start.message.usage.output_tokens == 1  # type: ignore[union-attr]
-    assert start.message.usage.input_tokens == estimate(len("What is a gateway?"))  # type: ignore[union-attr]
-    assert delta.usage.output_tokens == 11  # type: ignore[union-attr]
+    assert start.message.usage.output_tokens == 1
+    assert start.message.usage.input_tokens == estimate(len("What is a gateway?"))
+    assert delta.usage.output_tokens == 11
 
 
 def test_message_matches_the_sdk_model() -> None:
@@ -490,10 +490,10 @@ def test_messages_truncation_stops_at_max_tokens(anthropic_client: anthropic.Ant
 def test_gemini_sse_chunks_carry_running_usage() -> None:
     events = sse_events(answer(Operation.STREAM_GENERATE_CONTENT, gemini("hi"), query="alt=sse"))
     chunks = [strict(gtypes.GenerateContentResponse.model_validate(json.loads(data))) for _, data in events]
-    assert [c.usage_metadata.candidates_token_count for c in chunks] == list(range(1, 9))  # type: ignore[union-attr]
+    assert [c.usage_metadata.candidates_token_count for c in chunks] == list(range(1, 9))
     assert {c.response_id for c in chunks} == {chunks[0].response_id}
-    assert chunks[-1].candidates[0].finish_reason == "STOP"  # type: ignore[index]
-    assert all(c.candidates[0].finish_reason is None for c in chunks[:-1])  # type: ignore[index]
+    assert chunks[-1].candidates[0].finish_reason == "STOP"
+    assert all(c.candidates[0].finish_reason is None for c in chunks[:-1])
     assert "".join(c.text or "" for c in chunks) == f"{GREETING} You said: hi"
 
 
