@@ -74,7 +74,10 @@ class Gateway:
         return self.server.addresses
 
     async def stop(self, drain_timeout: float = 30.0) -> None:
-        await self.server.close()
+        """Stop accepting; let in-flight requests and streams finish; write what is pending."""
+        cut = await self.server.shutdown(drain_timeout)
+        if cut:
+            log.warning("shutdown: %d request(s) still running after %g s were cut", cut, drain_timeout)
         await self.pool.aclose()
         await self.resolver.aclose()
         await asyncio.to_thread(self.recorder.close, drain_timeout)

@@ -287,3 +287,32 @@ def test_origin_from_url(url: str, host_header: bytes, base: str) -> None:
     origin = Origin.from_url(url)
     assert origin.host_header == host_header
     assert origin.base_path == base
+
+
+def test_shutdown_lets_a_stream_in_progress_finish() -> None:
+    async def slow_stream(request: Request) -> None:
+        request.conn.start_response(200, [(b"content-type", b"text/event-stream")])
+        for i in range(6):
+            request.conn.write(b"data: %d\n\n" % i)
+            await asyncio.sleep(0.05)
+        request.conn.finish()
+
+    async def scenario() -> tuple[bytes, int, bool]:
+        server, port = await _serve(slow_stream)
+        idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        await reader.readuntil(b"data: 0\n\n")
+        cut = await server.shutdown(timeout=5)
+        rest = await reader.read()
+        idle_closed = await idle_reader.read() == b""
+        writer.close()
+        idle_writer.close()
+        return rest, cut, idle_closed
+
+    rest, cut, idle_closed = asyncio.run(scenario())
+    assert cut == 0
+    assert rest.endswith(b"data: 5\n\n\r\n0\r\n\r\n")
+    assert b"connection: close" not in rest  # the head was sent before the shutdown began
+    assert idle_closed

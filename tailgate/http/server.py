@@ -96,8 +96,10 @@ class Connection(asyncio.Protocol):
         "_rejecting",
         "_request_method",
         "_settings",
+        "_tracker",
         "_upgrade",
         "_url",
+        "draining",
         "identity_cache",
         "listener",
         "parser",
@@ -114,8 +116,11 @@ class Connection(asyncio.Protocol):
         settings: ServerSettings,
         listener: str,
         loop: asyncio.AbstractEventLoop,
+        tracker: set[Connection] | None = None,
     ) -> None:
         self._handler = handler
+        self._tracker = tracker
+        self.draining = False
         self._error_renderer = error_renderer
         self._settings = settings
         self._loop = loop
@@ -148,6 +153,8 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        if self._tracker is not None:
+            self._tracker.add(self)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):
@@ -163,6 +170,8 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._disarm_idle()
+        if self._tracker is not None:
+            self._tracker.discard(self)
         if self._current is not None and not self._current.done():
             self._current.cancel()
         self._pending.clear()
@@ -262,7 +271,7 @@ class Connection(asyncio.Protocol):
     def _start(self, request: Request) -> None:
         self._head_sent = False
         self._chunked = False
-        self._keep_alive = request.keep_alive
+        self._keep_alive = request.keep_alive and not self.draining
         self._request_method = request.method
         self._current = self._loop.create_task(self._run(request))
 
@@ -286,7 +295,7 @@ class Connection(asyncio.Protocol):
     def _next(self) -> None:
         if self._closed:
             return
-        if not self._keep_alive:
+        if not self._keep_alive or self.draining:
             self.close()
             return
         if self._pending:
@@ -325,6 +334,18 @@ class Connection(asyncio.Protocol):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def busy(self) -> bool:
+        """A request is being answered on this connection."""
+        return self._current is not None
+
+    def drain_and_close(self) -> None:
+        """Finish the request in progress (if any), then close; close at once when idle."""
+        self.draining = True
+        self._pending.clear()
+        if self._current is None:
+            self.close()
 
     @property
     def head_sent(self) -> bool:
@@ -423,17 +444,45 @@ class HttpServer:
         self.error_renderer = error_renderer
         self.settings = settings
         self._servers: list[asyncio.AbstractServer] = []
+        self._connections: set[Connection] = set()
         self.addresses: list[str] = []
 
     def _factory(self, listener: str) -> Callable[[], Connection]:
         loop = asyncio.get_running_loop()
 
         def make() -> Connection:
-            return Connection(self.handler, self.error_renderer, self.settings, listener, loop)
+            return Connection(
+                self.handler, self.error_renderer, self.settings, listener, loop, self._connections
+            )
 
         return make
 
-    async def listen(self, address: str, *, sock: socket.socket | None = None) -> str:
+    @property
+    def active_requests(self) -> int:
+        return sum(1 for conn in self._connections if conn.busy)
+
+    async def shutdown(self, timeout: float) -> int:
+        """Stop accepting, let requests in progress finish (streams included), then close.
+
+        Returns how many connections were still busy when ``timeout`` ran out (and were cut).
+        """
+        for server in self._servers:
+            server.close()
+        for conn in list(self._connections):
+            conn.drain_and_close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._connections and loop.time() < deadline:  # noqa: ASYNC110 - shutdown only
+            await asyncio.sleep(0.05)
+        cut = len(self._connections)
+        for conn in list(self._connections):
+            conn.abort()
+        await self.close()
+        return cut
+
+    async def listen(
+        self, address: str, *, sock: socket.socket | None = None, reuse_port: bool = False
+    ) -> str:
         """Start listening on ``host:port`` or ``unix:/path`` (or an already bound socket).
 
         Returns the address actually bound (the real port when 0 was asked).
@@ -449,7 +498,12 @@ class HttpServer:
         else:
             host, port = split_host_port(address)
             server = await loop.create_server(
-                self._factory(address), host=host, port=port, backlog=2048, reuse_address=True
+                self._factory(address),
+                host=host,
+                port=port,
+                backlog=2048,
+                reuse_address=True,
+                reuse_port=reuse_port,
             )
             sockname = server.sockets[0].getsockname()
             bound = f"{format_host(host)}:{sockname[1]}"
