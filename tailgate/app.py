@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +43,7 @@ class Gateway:
         store: Store | None = None,
         pool: UpstreamPool | None = None,
         data_dir: str | None = None,
+        worker: int = 0,
     ) -> None:
         self.config = config
         self.store = store if store is not None else open_store(config.server.database)
@@ -54,8 +56,9 @@ class Gateway:
         self.settings = ServerSettings(max_body_bytes=config.server.max_body_bytes)
         self.pool = pool or UpstreamPool(connect_timeout=config.server.upstream_connect_timeout)
         self.resolver = IdentityResolver(config.server.identity, self.store)
+        spool = "spool.bin" if worker == 0 else f"spool-{worker}.bin"
         self.recorder: Recorder[Exchange] = Recorder(
-            self.store, finalize, spool_path=str(self.data_dir / "spool.bin")
+            self.store, finalize, spool_path=str(self.data_dir / spool)
         )
         self.proxy = Proxy(lambda: self.runtime, self.pool, self.identify, self.recorder.submit)
         self.router = Router()
@@ -65,12 +68,23 @@ class Gateway:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def start(self, listen: list[str] | None = None) -> list[str]:
-        """Start recording and listening; returns the bound addresses."""
+    async def start(
+        self,
+        listen: list[str] | None = None,
+        *,
+        sockets: dict[str, socket.socket] | None = None,
+        reuse_port: bool = False,
+    ) -> list[str]:
+        """Start recording and listening; returns the bound addresses.
+
+        ``sockets`` are listeners bound by a supervisor and inherited; ``reuse_port`` lets
+        several worker processes bind the same TCP port.
+        """
         await asyncio.to_thread(self.ledger.apply_definitions, self.config.quotas)
         self.recorder.start()
+        inherited = sockets or {}
         for address in listen or list(self.config.server.listen):
-            await self.server.listen(address)
+            await self.server.listen(address, sock=inherited.get(address), reuse_port=reuse_port)
         return self.server.addresses
 
     async def stop(self, drain_timeout: float = 30.0) -> None:

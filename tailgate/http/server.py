@@ -488,7 +488,10 @@ class HttpServer:
         Returns the address actually bound (the real port when 0 was asked).
         """
         loop = asyncio.get_running_loop()
-        if sock is not None:
+        if sock is not None and sock.family == socket.AF_UNIX:
+            server = await loop.create_unix_server(self._factory(address), sock=sock, backlog=2048)
+            bound = address
+        elif sock is not None:
             server = await loop.create_server(self._factory(address), sock=sock, backlog=2048)
             bound = address
         elif address.startswith("unix:"):
