@@ -1,0 +1,64 @@
+"""What a process costs, read from ``/proc``: CPU time of all its threads and its memory."""
+
+from __future__ import annotations
+
+import os
+import time
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of every thread of ``pid`` so far (live and exited threads)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / _TICKS
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """``VmRSS`` (resident now) and ``VmHWM`` (peak resident) in KiB."""
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                out[name] = int(value.split()[0])
+    return out
+
+
+def idle_rate(pid: int, seconds: float = 1.0) -> float:
+    """CPU seconds per second that ``pid`` burns while nobody calls it."""
+    before = cpu_seconds(pid)
+    time.sleep(seconds)
+    return (cpu_seconds(pid) - before) / seconds
+
+
+def settle(pid: int, idle: float, *, quiet: float = 0.3, limit: float = 10.0) -> None:
+    """Wait until ``pid`` is back to idle (its background work for the last load is done)."""
+    deadline = time.monotonic() + limit
+    tick = 1 / _TICKS
+    while time.monotonic() < deadline:
+        before = cpu_seconds(pid)
+        time.sleep(quiet)
+        if cpu_seconds(pid) - before <= idle * quiet + tick:
+            return
+
+
+class CpuMeter:
+    """CPU used by a process over a window, minus what it would have used idle."""
+
+    def __init__(self, pid: int, idle: float) -> None:
+        self.pid = pid
+        self.idle = idle
+        self.cpu0 = cpu_seconds(pid)
+        self.wall0 = time.monotonic()
+
+    def stop(self, *, wait_idle: bool = True) -> tuple[float, float]:
+        """(busy CPU seconds, wall seconds) since the meter started."""
+        if wait_idle:
+            settle(self.pid, self.idle)
+        wall = time.monotonic() - self.wall0
+        used = cpu_seconds(self.pid) - self.cpu0 - self.idle * wall
+        return max(used, 0.0), wall
