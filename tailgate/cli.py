@@ -10,10 +10,15 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 from tailgate import __version__
 from tailgate.config.model import Config
+
+if TYPE_CHECKING:
+    from tailgate.store import Store
 
 log = logging.getLogger("tailgate")
 
@@ -55,13 +60,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("path")
 
+    keys = sub.add_parser("keys", help="manage gateway API keys (for machines outside the tailnet)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key for PRINCIPAL and print it (shown once)")
+    create.add_argument("principal", help="the name the key stands for in grants (build-bot)")
+    create.add_argument("--expires", help="lifetime, such as 90d or 12h (default: never expires)")
+    create.add_argument("--note", default="", help="a note shown in key lists")
+    keys_list = keys_sub.add_parser("list", help="list keys (never their secrets)")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by its id")
+    revoke.add_argument("id")
+    for command in (create, keys_list, revoke):
+        _store_options(command)
+
+    explain = sub.add_parser("explain", help="show which grants apply to a caller and a model, and why")
+    explain.add_argument("--config", required=True, help="path to the HuJSON configuration file")
+    explain.add_argument("--as", dest="principal", required=True, help="login name, tag string or key name")
+    explain.add_argument("--model", required=True, help="provider/model (or a model id routing resolves)")
+    explain.add_argument("--tags", help="the caller's tags, comma-separated (makes it a tagged node)")
+    explain.add_argument("--groups", help="the caller's groups, comma-separated")
+
+    quotas = sub.add_parser("quotas", help="show quota bucket balances")
+    _store_options(quotas)
+
+    migrate = sub.add_parser("migrate", help="apply pending database migrations")
+    _store_options(migrate)
+
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
     if args.command == "check-config":
         return _check_config(args.path)
-    parser.error(f"unknown command {args.command}")
-    return 2
+    commands = {"keys": _keys, "explain": _explain, "quotas": _quotas, "migrate": _migrate}
+    return commands[args.command](args)
+
+
+def _store_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--config", help="the configuration file (its server.database is used)")
+    command.add_argument("--database", help="database path or URL (overrides the configuration's)")
 
 
 def _check_config(path: str) -> int:
@@ -125,10 +160,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 async def _run(config: Config, args: argparse.Namespace) -> None:
+    from tailgate.api import register_api
     from tailgate.app import Gateway
     from tailgate.config.watch import ConfigWatcher
 
     gateway = Gateway(config)
+    gateway.mount(register_api)
     addresses = await gateway.start()
     for address in addresses:
         log.info("listening on http://%s", address)
@@ -152,6 +189,206 @@ async def _run(config: Config, args: argparse.Namespace) -> None:
         await watcher.stop()
     with contextlib.suppress(Exception):
         await gateway.stop()
+
+
+# -- admin commands ------------------------------------------------------------------------------
+
+
+class _Failure(Exception):
+    """A command cannot go on; the message is printed as ``error: …`` and the exit code is 1."""
+
+
+def _admin_command(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except _Failure as failure:
+            print(f"error: {failure}", file=sys.stderr)
+        except Exception as exc:  # the store or the filesystem: report it, never a traceback
+            print(f"error: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return 1
+
+    return command
+
+
+def _config_file(path: str) -> Config:
+    from tailgate.config.loader import load_config_file
+
+    result = load_config_file(path)
+    if result.config is None:
+        raise _Failure(f"{path}: " + "; ".join(result.errors))
+    return result.config
+
+
+@contextlib.contextmanager
+def _open_store(args: argparse.Namespace) -> Iterator[Store]:
+    """The store ``serve`` would use: ``--database``, else the config's, else the default file."""
+    from tailgate.store import open_store
+
+    database = args.database
+    if database is None and args.config:
+        database = _config_file(args.config).server.database
+    try:
+        store = open_store(database or "")
+    except ValueError as exc:
+        raise _Failure(str(exc)) from None
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@_admin_command
+def _keys(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    from tailgate.config.units import parse_duration
+
+    expires_at = None
+    if args.keys_command == "create" and args.expires:
+        try:
+            seconds = parse_duration(args.expires, allow_days=True)
+        except ValueError as exc:
+            raise _Failure(f"--expires: {exc}") from None
+        if seconds <= 0:
+            raise _Failure("--expires must be a positive duration, such as 90d")
+        expires_at = datetime.now(UTC) + timedelta(seconds=int(seconds))
+    with _open_store(args) as store:
+        store.migrate()
+        if args.keys_command == "create":
+            try:
+                info, secret = store.create_key(args.principal, expires_at=expires_at, note=args.note)
+            except ValueError as exc:
+                raise _Failure(str(exc)) from None
+            print(secret)
+            until = f"expires {_when(info.expires_at)}" if info.expires_at else "never expires"
+            print(
+                f"created key {info.id} for {info.principal} ({until}); it is shown only this once",
+                file=sys.stderr,
+            )
+            return 0
+        if args.keys_command == "revoke":
+            if not store.revoke_key(args.id):
+                raise _Failure(f"no active key {args.id!r}")
+            print(f"revoked key {args.id}")
+            return 0
+        now = datetime.now(UTC)
+        rows = [
+            [
+                k.id,
+                k.principal,
+                k.prefix + "…",
+                k.state(now),
+                _when(k.created_at),
+                _when(k.expires_at),
+                k.note,
+            ]
+            for k in store.list_keys()
+        ]
+    if not rows:
+        print("no gateway keys")
+        return 0
+    print(_table(["ID", "PRINCIPAL", "KEY", "STATE", "CREATED", "EXPIRES", "NOTE"], rows))
+    return 0
+
+
+@_admin_command
+def _explain(args: argparse.Namespace) -> int:
+    from tailgate.api import comma_list, hypothetical_identity, split_model
+    from tailgate.errors import GatewayError
+    from tailgate.grants import GrantTable
+    from tailgate.routing import RoutingTable
+
+    config = _config_file(args.config)
+    identity = hypothetical_identity(
+        args.principal, tags=comma_list(args.tags), groups=comma_list(args.groups)
+    )
+    try:
+        provider_id, model = split_model(RoutingTable(config.providers), args.model)
+    except GatewayError as exc:
+        raise _Failure(exc.message) from None
+    print(GrantTable(config).explain(identity, provider_id, model))
+    return 0
+
+
+@_admin_command
+def _quotas(args: argparse.Namespace) -> int:
+    """Balances refilled to now: under the config's definitions when given, else as stored."""
+    from tailgate.quotas import BucketSpec, QuotaLedger, quota_of, refill, spec_of
+
+    definitions = _config_file(args.config).quotas if args.config else None
+    now_us = time.time_ns() // 1000
+    rows = []
+    with _open_store(args) as store:
+        store.migrate()
+        states = QuotaLedger(store).states()
+    for state in states:
+        rate = _rate_text(state.rate_amount, state.rate_period)
+        spec = BucketSpec(state.name, "", state.capacity, state.rate_amount, state.rate_period)
+        if definitions is not None:
+            quota = quota_of(state.name, definitions)
+            if quota is None or quota.invalid is not None:
+                continue  # deleted or unusable: the gateway drops or refuses it
+            rate, spec = quota.rate_text, spec_of(state.name, quota)
+        refill(state, spec, now_us)
+        rows.append(
+            [
+                state.name,
+                _dollars(state.balance),
+                _dollars(state.capacity),
+                rate or "-",
+                _when_us(state.updated_us),
+            ]
+        )
+    if not rows:
+        print("no quota buckets in use yet")
+        return 0
+    print(_table(["BUCKET", "BALANCE", "CAPACITY", "RATE", "UPDATED"], rows))
+    return 0
+
+
+@_admin_command
+def _migrate(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        applied = store.migrate()
+        total = len(store.applied_migrations())
+    if applied:
+        print("applied: " + ", ".join(applied))
+    else:
+        print(f"the database is up to date ({total} migrations)")
+    return 0
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
+    lines = [headers, *rows]
+    return "\n".join(
+        "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def _when(moment: datetime | None) -> str:
+    return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _when_us(us: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(us // 1_000_000))
+
+
+def _dollars(nanodollars: int) -> str:
+    from tailgate.config.units import format_dollars
+
+    return format_dollars(nanodollars)
+
+
+def _rate_text(amount: int, period: int) -> str:
+    from tailgate.config.units import RATE_PERIODS
+
+    if amount <= 0:
+        return ""
+    unit = next((u for u, seconds in RATE_PERIODS.items() if seconds == period), f"{period}s")
+    return f"{_dollars(amount)}/{unit}"
 
 
 if __name__ == "__main__":  # pragma: no cover
