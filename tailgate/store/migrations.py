@@ -163,13 +163,13 @@ def m002_sessions_and_rollups(db: MigrationContext) -> None:
             user_agent TEXT,
             {_TOTALS_COLUMNS},
             PRIMARY KEY (principal, session_id)
-        )
+        ){{WITHOUT_ROWID}}
         """
     )
     db.execute("CREATE INDEX sessions_last_idx ON sessions (last_ts_ms, principal, session_id)")
     db.execute("CREATE INDEX sessions_principal_last_idx ON sessions (principal, last_ts_ms, session_id)")
     # day: days since 1970-01-01 UTC. provider and model are '' when the request had none.
-    # Key order: grouping by (day, principal, model), the CSV export, reads the key in order.
+    # Clustered on the key, in the order the CSV export groups by: a range of days is one scan.
     db.execute(
         f"""
         CREATE TABLE rollups (
@@ -179,7 +179,7 @@ def m002_sessions_and_rollups(db: MigrationContext) -> None:
             model TEXT NOT NULL,
             {_TOTALS_COLUMNS},
             PRIMARY KEY (day, principal, model, provider)
-        )
+        ){{WITHOUT_ROWID}}
         """
     )
     db.execute("CREATE INDEX rollups_principal_idx ON rollups (principal, day)")
