@@ -89,16 +89,31 @@ class Record:
 
 
 _random = random.Random(os.urandom(16))
-# Forked workers must not share a sequence (same millisecond + same random bits = same id).
-os.register_at_fork(after_in_child=lambda: _random.seed(os.urandom(16)))
+_last = [0, 0]  # the last id's milliseconds and random part
+
+
+def _reseed() -> None:
+    # Forked workers must not share a sequence (same millisecond + same bits = same id).
+    _random.seed(os.urandom(16))
+    _last[:] = [0, 0]
+
+
+os.register_at_fork(after_in_child=_reseed)
 
 
 def new_record_id(now_ms: int | None = None) -> str:
-    """A 26-character, time-ordered id: 12 hex digits of milliseconds and 14 random ones.
+    """A 26-character id: 12 hex digits of milliseconds, then 14 of a random part.
 
-    Ids need to be unique, not unpredictable: a generator seeded once per process from the OS
-    avoids a system call per request.
+    Ids increase strictly within a process (a second id in the same millisecond takes the
+    previous random part plus one), so they sort in arrival order. They need to be unique, not
+    unpredictable: a generator seeded once per process avoids a system call per request.
     """
     if now_ms is None:
         now_ms = time.time_ns() // 1_000_000
-    return f"{now_ms:012x}{_random.getrandbits(56):014x}"
+    last_ms, last_rand = _last
+    if now_ms <= last_ms:
+        now_ms, rand = last_ms, last_rand + 1
+    else:
+        rand = _random.getrandbits(55)  # leaves room to count up within a millisecond
+    _last[0], _last[1] = now_ms, rand
+    return f"{now_ms:012x}{rand:014x}"
