@@ -3,30 +3,33 @@
 A bucket holds a balance in nanodollars that refills continuously at ``rate`` up to
 ``capacity``. Admission needs every referenced bucket to be **positive**; it then *reserves*
 the request's estimated cost (deducting it from every bucket), and settlement replaces that
-estimate with the real cost. Each is one atomic store transaction, so concurrent requests —
-in one process or in several sharing a database — cannot all pass on the same last dollar.
+estimate with the real cost. Each runs inside one atomic store transaction, so concurrent
+requests — in one process or in several sharing a database — cannot all pass on the same last
+dollar. Admissions and settlements that arrive together share one transaction (a batch), applied
+one after the other in arrival order, exactly as if each had its own.
 
-Overspend bound: a bucket can go below zero by at most the estimate of the one request that
-was admitted while the balance was positive, plus whatever the real costs of in-flight
-requests exceed their estimates (which happens only when ``max_tokens`` is absent and the
-answer is longer than the default, or the input tokenises denser than three bytes a token).
-See ``docs/quotas.md``.
+Overspend bound (``docs/quotas.md`` has the proof): over any period, what a bucket is charged
+is less than its balance at the start, plus what it refilled, plus the reservation of the last
+request admitted, plus whatever real costs exceeded their estimates.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import math
+import re
+import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from collections import deque
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from tailgate.config.model import NANODOLLARS_PER_DOLLAR, BucketRef, Config, QuotaDef
-from tailgate.errors import BadRequest, NotFound, QuotaExceeded
+from tailgate.config.model import BucketRef, Config, QuotaDef
+from tailgate.config.units import format_dollars, parse_dollars
+from tailgate.errors import BadRequest, GatewayError, NotFound, QuotaExceeded
 from tailgate.identity import Identity
 
 if TYPE_CHECKING:
@@ -34,10 +37,37 @@ if TYPE_CHECKING:
     from tailgate.routing import Route
     from tailgate.store import Store
 
+__all__ = [
+    "FAIL_CLOSED_RETRY_AFTER",
+    "NEVER_REFILLS_RETRY_AFTER",
+    "BucketSpec",
+    "BucketState",
+    "LedgerUnavailable",
+    "QuotaIndex",
+    "QuotaLedger",
+    "QuotaPolicy",
+    "QuotaUnavailable",
+    "Reservation",
+    "expand",
+    "format_dollars",
+    "parse_dollars",
+    "quota_of",
+    "refill",
+    "retry_after",
+    "spec_of",
+]
+
 log = logging.getLogger("tailgate.quotas")
 
 FAIL_CLOSED_RETRY_AFTER = 60
+"""Retry-After (seconds) on a request refused because a quota it uses is misconfigured."""
+NEVER_REFILLS_RETRY_AFTER = 86_400
+"""Retry-After (seconds) for an empty bucket that has no refill rate (or no capacity)."""
 _MAX_OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+_TEMPLATE = re.compile(r"<user>|<node>")
+_US = 1_000_000
+Verdict = concurrent.futures.Future[list["BucketState"]]
+"""An admission's outcome: ``[]`` when admitted, else the exhausted buckets' states."""
 
 
 # -- pure bucket arithmetic ------------------------------------------------------------------
@@ -48,7 +78,7 @@ class BucketSpec:
     name: str
     """The expanded bucket name (``daily:alice@example.com``)."""
     quota: str
-    """The quota definition it comes from (``daily``)."""
+    """The quota definition it comes from (``daily:<user>``)."""
     capacity: int
     rate_amount: int
     rate_period: int
@@ -64,140 +94,354 @@ class BucketState:
     rate_period: int
 
 
-def refill(state: BucketState, spec: BucketSpec, now_us: int) -> None:
-    """Bring ``state`` up to ``now_us`` under ``spec`` (a changed capacity or rate applies now).
+def accrued(rate_amount: int, rate_period: int, since_us: int, until_us: int) -> int:
+    """Whole nanodollars a rate yields between two instants (0 if ``until_us <= since_us``).
 
-    The refill is exact in integers: only the time that produced whole nanodollars is
-    consumed, so frequent updates never lose the fractions.
+    Nanodollar number *k* of a rate arrives at the fixed instant ``ceil(k * period / amount)``
+    after the Unix epoch, so the amounts of consecutive intervals add up exactly to the
+    amount of their union: refilling often never loses (or invents) a fraction.
     """
-    if state.rate_amount != spec.rate_amount or state.rate_period != spec.rate_period:
-        _advance(state, now_us)  # what accrued under the old rate is kept
+    if until_us <= since_us or rate_amount <= 0 or rate_period <= 0:
+        return 0
+    period_us = rate_period * _US
+    return until_us * rate_amount // period_us - since_us * rate_amount // period_us
+
+
+def refill(state: BucketState, spec: BucketSpec, now_us: int) -> None:
+    """Bring ``state`` up to ``now_us`` under ``spec``; a changed capacity or rate applies from now.
+
+    Refill is capped at the capacity, and a balance above a (reduced) capacity is cut to it.
+    A clock behind ``state.updated_us`` (another machine's) adds nothing and never moves it back.
+    """
+    if (state.rate_amount, state.rate_period) != (spec.rate_amount, spec.rate_period):
+        _accrue(state, now_us)  # what accrued under the old rate is kept
         state.rate_amount, state.rate_period = spec.rate_amount, spec.rate_period
     state.capacity = spec.capacity
-    _advance(state, now_us)
-    if state.balance >= state.capacity:
-        state.balance = state.capacity
-        state.updated_us = now_us
+    _accrue(state, now_us)
+    state.balance = min(state.balance, state.capacity)
 
 
-def _advance(state: BucketState, now_us: int) -> None:
-    elapsed = now_us - state.updated_us
-    if elapsed <= 0:
+def _accrue(state: BucketState, now_us: int) -> None:
+    if now_us <= state.updated_us:
         return
-    if state.balance >= state.capacity or state.rate_amount <= 0:
-        state.updated_us = now_us
-        return
-    period_us = state.rate_period * 1_000_000
-    added = elapsed * state.rate_amount // period_us
-    if added <= 0:
-        return
-    if state.balance + added >= state.capacity:
-        state.balance = state.capacity
-        state.updated_us = now_us
-        return
-    state.balance += added
-    state.updated_us += added * period_us // state.rate_amount
+    if state.balance < state.capacity:
+        added = accrued(state.rate_amount, state.rate_period, state.updated_us, now_us)
+        state.balance = min(state.capacity, state.balance + added)
+    state.updated_us = now_us
 
 
-def retry_after(balance: int, spec: BucketSpec) -> int:
-    """Seconds until a bucket at ``balance`` is positive again (at least 1)."""
-    if balance > 0:
+def retry_after(state: BucketState, now_us: int) -> int:
+    """Whole seconds from ``now_us`` until refill makes ``state`` positive (at least 1)."""
+    if state.balance > 0:
         return 1
-    if spec.rate_amount <= 0 or spec.capacity <= 0:
-        return 86_400
-    deficit = 1 - balance
-    return max(1, math.ceil(deficit * spec.rate_period / spec.rate_amount))
+    amount, period = state.rate_amount, state.rate_period
+    if amount <= 0 or period <= 0 or state.capacity <= 0:
+        return NEVER_REFILLS_RETRY_AFTER
+    period_us = period * _US
+    # The first instant t with accrued(updated_us, t) >= 1 - balance, on the epoch grid.
+    target = state.updated_us * amount // period_us + (1 - state.balance)
+    ready_us = -(-target * period_us // amount)
+    return max(1, math.ceil((ready_us - now_us) / _US))
 
 
 def expand(ref: BucketRef, identity: Identity, quotas: Mapping[str, QuotaDef]) -> tuple[str, QuotaDef | None]:
     """The bucket name a reference stands for, and its definition (None when undefined).
 
-    ``<user>`` becomes the caller's principal (a login or tag string), ``<node>`` the caller's
-    stable node id (the principal when the caller has no node, e.g. an API key).
+    A reference names a quota key exactly. ``<user>`` becomes the caller's principal (a login
+    or tag string), ``<node>`` the caller's stable node id (the principal when the caller has
+    no node, e.g. a gateway API key).
     """
-    template = ref.template
-    name = template.replace("<user>", identity.principal).replace(
+    name = ref.template.replace("<user>", identity.principal).replace(
         "<node>", identity.node_id or identity.principal
     )
-    quota = quotas.get(template)
-    if quota is None:
-        prefix, sep, _ = template.partition(":")
-        quota = quotas.get(prefix) if sep else None
-    return name, quota
+    return name, quotas.get(ref.template)
+
+
+class QuotaIndex:
+    """Finds the definition an expanded bucket name belongs to (``daily:bob`` → ``daily:<user>``).
+
+    A fixed name matches itself; a template matches any text in place of ``<user>``/``<node>``.
+    When several templates match, the one with the most literal text wins, then the first defined.
+    """
+
+    def __init__(self, quotas: Mapping[str, QuotaDef]) -> None:
+        self.quotas = quotas
+        patterns: list[tuple[int, int, re.Pattern[str], QuotaDef]] = []
+        for name, quota in quotas.items():
+            if _TEMPLATE.search(name):
+                literal = _TEMPLATE.sub("", name)
+                regex = "(.+)".join(re.escape(part) for part in _TEMPLATE.split(name))
+                patterns.append((-len(literal), len(patterns), re.compile(regex), quota))
+        self._patterns = [(p, q) for _, _, p, q in sorted(patterns, key=lambda t: t[:2])]
+
+    def find(self, bucket: str) -> QuotaDef | None:
+        quota = self.quotas.get(bucket)
+        if quota is not None:
+            return quota
+        for pattern, candidate in self._patterns:
+            if pattern.fullmatch(bucket):
+                return candidate
+        return None
 
 
 def quota_of(bucket: str, quotas: Mapping[str, QuotaDef]) -> QuotaDef | None:
     """The definition an already expanded bucket name belongs to."""
-    quota = quotas.get(bucket)
-    if quota is None:
-        prefix, sep, _ = bucket.partition(":")
-        quota = quotas.get(prefix) if sep else None
-    return quota
+    return QuotaIndex(quotas).find(bucket)
 
 
 def spec_of(bucket: str, quota: QuotaDef) -> BucketSpec:
     return BucketSpec(bucket, quota.name, quota.capacity, quota.rate_amount, quota.rate_period)
 
 
-def parse_dollars(text: str) -> int:
-    """``"$5.00"`` (or ``"5"``) → nanodollars. Raises ValueError."""
-    cleaned = text.strip().removeprefix("$").replace(",", "")
-    try:
-        amount = Decimal(cleaned)
-    except InvalidOperation as exc:
-        raise ValueError(f"not a dollar amount: {text!r}") from exc
-    if not amount.is_finite():
-        raise ValueError(f"not a dollar amount: {text!r}")
-    return int((amount * NANODOLLARS_PER_DOLLAR).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
-
-
-def format_dollars(nanodollars: int) -> str:
-    sign = "-" if nanodollars < 0 else ""
-    cents = Decimal(abs(nanodollars)) / NANODOLLARS_PER_DOLLAR
-    return f"{sign}${cents.quantize(Decimal('0.000001')).normalize():f}"
-
-
 # -- the shared ledger -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    buckets: tuple[BucketSpec, ...]
+class LedgerUnavailable(Exception):
+    """The store could not run a quota transaction; ``retry_after`` seconds until the next try."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(slots=True)
+class _Admission:
+    specs: Sequence[BucketSpec]
     amount: int
-    """Nanodollars deducted at admission from every bucket; settlement gives it back."""
+    future: Verdict = field(default_factory=concurrent.futures.Future)
+
+
+@dataclass(frozen=True, slots=True)
+class _Settlement:
+    specs: Sequence[BucketSpec]
+    delta: int
+    """Added to every bucket: the reservation given back minus the real cost."""
 
 
 class QuotaLedger:
     """Bucket balances in the store, changed only by atomic transactions.
 
-    Methods are synchronous and run in a worker thread (admission) or the recorder's thread
-    (settlement), never on the event loop.
+    :meth:`submit` (admissions) and :meth:`settle` queue work for one writer thread per ledger,
+    which runs everything queued in one transaction. When the store fails, admissions are
+    refused at once for a short back-off (they never wait on a dead database one by one) and
+    settlements wait in memory until it answers again.
     """
+
+    MAX_BATCH = 512
+    MAX_PENDING_SETTLEMENTS = 100_000
+    MIN_BACKOFF = 0.5
+    MAX_BACKOFF = 5.0
 
     def __init__(self, store: Store) -> None:
         self._store = store
         self._postgres = getattr(store, "backend", "sqlite") == "postgres"
+        self._cond = threading.Condition()
+        self._admissions: deque[_Admission] = deque()
+        self._settlements: deque[_Settlement] = deque()
+        self._busy_since = 0.0
+        """When the batch the writer is running started (``time.monotonic()``); 0 when idle."""
+        self.stall_timeout = 3.0
+        """Seconds an admission may wait for the store before it is refused (503)."""
+        self._down_until = 0.0
+        self._backoff = self.MIN_BACKOFF
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self.transactions = 0
+        """Quota transactions committed by this ledger (for tests and metrics)."""
 
-    def _lock_suffix(self) -> str:
-        return " FOR UPDATE" if self._postgres else ""
+    # -- the request path (any thread) ------------------------------------------------------
 
-    def _load(self, tx: Any, specs: Sequence[BucketSpec], now_us: int) -> list[BucketState]:
-        ordered = sorted(specs, key=lambda s: s.name)  # one lock order: no deadlocks
-        states = []
-        for spec in ordered:
-            tx.execute(
-                "INSERT INTO quota_buckets (name, balance_nd, updated_at_us, capacity_nd, rate_nd, rate_period_s)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
-                (spec.name, spec.capacity, now_us, spec.capacity, spec.rate_amount, spec.rate_period),
+    def submit(self, specs: Sequence[BucketSpec], amount: int) -> Verdict:
+        """Queue an admission; the future gives ``[]`` when admitted (``amount`` reserved on every
+        bucket), else the exhausted buckets' states; or fails with :class:`LedgerUnavailable`."""
+        admission = _Admission(specs, amount)
+        with self._cond:
+            now = time.monotonic()
+            wait = self._down_until - now
+            if wait <= 0 and self._busy_since and now - self._busy_since > self.stall_timeout:
+                wait = 1  # the store is hanging on the batch before: do not queue behind it
+            if wait > 0:
+                admission.future.set_exception(_unavailable(wait))
+                return admission.future
+            self._admissions.append(admission)
+            self._ensure_thread()
+            self._cond.notify_all()
+        return admission.future
+
+    def settle(self, specs: Sequence[BucketSpec], reserved: int, cost: int) -> None:
+        """Replace a reservation by the real cost (which may take a bucket below zero). Never blocks."""
+        if not specs or reserved == cost:
+            return
+        with self._cond:
+            if len(self._settlements) >= self.MAX_PENDING_SETTLEMENTS:
+                # Dropping one keeps its reservation charged: the buckets err on the safe side.
+                dropped = self._settlements.popleft()
+                log.error("quota settlements backlog full; one of %d nanodollars dropped", -dropped.delta)
+            self._settlements.append(_Settlement(tuple(specs), reserved - cost))
+            self._ensure_thread()
+            self._cond.notify_all()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything queued so far is done and every settlement stored.
+
+        ``False`` on timeout (e.g. while the store is down).
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._settlements or self._busy_since:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Store queued settlements (waiting at most ``timeout``), then stop the writer thread."""
+        if not self.flush(timeout):
+            log.error("quota settlements not stored at shutdown; their reservations stay charged")
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    # -- the writer thread ----------------------------------------------------------------
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._closing = False
+            self._thread = threading.Thread(target=self._run, name="tailgate-quotas", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._closing:
+                        self._fail_queued(LedgerUnavailable("the gateway is shutting down", 1))
+                        return
+                    wait = self._down_until - time.monotonic()
+                    if wait > 0 and self._admissions:
+                        self._fail_queued(_unavailable(wait))
+                    if self._admissions or (self._settlements and wait <= 0):
+                        break
+                    self._cond.wait(wait if self._settlements and wait > 0 else None)
+                admissions = [
+                    a
+                    for a in _take(self._admissions, self.MAX_BATCH)
+                    if a.future.set_running_or_notify_cancel()
+                ]
+                settlements = list(self._settlements)
+                self._settlements.clear()
+                self._busy_since = time.monotonic()
+            self._run_batch(admissions, settlements)
+
+    def _fail_queued(self, error: LedgerUnavailable) -> None:
+        for admission in _take(self._admissions, len(self._admissions)):
+            if admission.future.set_running_or_notify_cancel():
+                admission.future.set_exception(error)
+
+    def _run_batch(self, admissions: list[_Admission], settlements: list[_Settlement]) -> None:
+        try:
+            results = self._transact(admissions, settlements)
+        except Exception as exc:
+            with self._cond:
+                self._settlements.extendleft(reversed(settlements))
+                self._down_until = time.monotonic() + self._backoff
+                error = _unavailable(self._backoff)
+                self._backoff = min(self._backoff * 2, self.MAX_BACKOFF)
+            log.warning(
+                "quota store unavailable (%s): %d admissions refused, %d settlements kept for later",
+                _describe(exc),
+                len(admissions),
+                len(settlements),
             )
-            row = tx.execute(
-                "SELECT balance_nd, updated_at_us, capacity_nd, rate_nd, rate_period_s FROM quota_buckets"
-                " WHERE name = ?" + self._lock_suffix(),
-                (spec.name,),
-            )[0]
-            state = BucketState(spec.name, int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4]))
-            refill(state, spec, now_us)
-            states.append(state)
+            for admission in admissions:
+                admission.future.set_exception(error)
+        else:
+            self.transactions += 1
+            self._backoff = self.MIN_BACKOFF
+            # Before the batch counts as done, so a flush also waits for what these give back.
+            for admission, exhausted in zip(admissions, results, strict=True):
+                admission.future.set_result(exhausted)
+        with self._cond:
+            self._busy_since = 0.0
+            self._cond.notify_all()
+
+    # -- transactions ---------------------------------------------------------------------
+
+    def _transact(
+        self, admissions: Sequence[_Admission], settlements: Sequence[_Settlement]
+    ) -> list[list[BucketState]]:
+        """Settle, then admit in order, in one transaction; one result per admission."""
+        specs: dict[str, BucketSpec] = {}
+        for settlement in settlements:
+            for spec in settlement.specs:
+                specs.setdefault(spec.name, spec)
+        admitting: set[str] = set()
+        for admission in admissions:
+            for spec in admission.specs:
+                specs[spec.name] = spec  # the newest configuration's spec wins
+                admitting.add(spec.name)
+
+        def work(tx: Any) -> list[list[BucketState]]:
+            now = _now_us()
+            # Settling a bucket nobody is admitting to needs no new row: its definition may be gone.
+            states = self._load(tx, specs.values(), now, keep=specs.keys() - admitting)
+            for settlement in settlements:
+                for spec in settlement.specs:
+                    state = states.get(spec.name)
+                    if state is not None:
+                        state.balance = min(state.capacity, state.balance + settlement.delta)
+            results = []
+            for admission in admissions:
+                held = [states[s.name] for s in admission.specs]
+                exhausted = [replace(s) for s in held if s.balance <= 0]
+                if not exhausted:
+                    for state in held:
+                        state.balance -= admission.amount
+                results.append(exhausted)
+            self._save(tx, states.values())
+            return results
+
+        return self._store._write(work)  # type: ignore[attr-defined, no-any-return]
+
+    def _load(
+        self,
+        tx: Any,
+        specs: Iterable[BucketSpec],
+        now_us: int,
+        *,
+        create: bool = True,
+        keep: Collection[str] = (),
+    ) -> dict[str, BucketState]:
+        """Lock, read and refill each bucket, in name order (one lock order: no deadlocks).
+
+        A missing bucket is created full (unless ``create`` is false, then skipped). Buckets
+        named in ``keep`` are never created and keep their stored capacity and rate; the others
+        are brought to their spec.
+        """
+        select = (
+            "SELECT balance_nd, updated_at_us, capacity_nd, rate_nd, rate_period_s FROM quota_buckets"
+            " WHERE name = ?" + (" FOR UPDATE" if self._postgres else "")
+        )
+        states: dict[str, BucketState] = {}
+        for spec in sorted(specs, key=lambda s: s.name):
+            rows = tx.execute(select, (spec.name,))
+            applies = spec.name not in keep
+            if not rows and create and applies:
+                tx.execute(
+                    "INSERT INTO quota_buckets (name, balance_nd, updated_at_us, capacity_nd, rate_nd,"
+                    " rate_period_s) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                    (spec.name, spec.capacity, now_us, spec.capacity, spec.rate_amount, spec.rate_period),
+                )
+                rows = tx.execute(select, (spec.name,))
+            if not rows:
+                continue
+            state = BucketState(spec.name, *(int(v) for v in rows[0]))
+            refill(state, spec if applies else _stored_spec(state), now_us)
+            states[spec.name] = state
         return states
 
     def _save(self, tx: Any, states: Iterable[BucketState]) -> None:
@@ -208,46 +452,18 @@ class QuotaLedger:
                 (s.balance, s.updated_us, s.capacity, s.rate_amount, s.rate_period, s.name),
             )
 
-    def reserve(
-        self, specs: Sequence[BucketSpec], amount: int, now_us: int | None = None
-    ) -> list[BucketState]:
-        """Admit and reserve ``amount`` on every bucket, or reserve nothing.
+    def reserve(self, specs: Sequence[BucketSpec], amount: int) -> list[BucketState]:
+        """Admit and reserve ``amount`` on every bucket, or reserve nothing, in this thread.
 
         Returns the empty list when admitted, else the states of the exhausted buckets.
         """
-        now = now_us if now_us is not None else _now_us()
+        return self._transact([_Admission(specs, amount)], [])[0]
 
-        def work(tx: Any) -> list[BucketState]:
-            states = self._load(tx, specs, now)
-            exhausted = [s for s in states if s.balance <= 0]
-            if not exhausted:
-                for state in states:
-                    state.balance -= amount
-            self._save(tx, states)
-            return exhausted
-
-        return self._store._write(work)  # type: ignore[attr-defined, no-any-return]
-
-    def settle(
-        self, specs: Sequence[BucketSpec], reserved: int, cost: int, now_us: int | None = None
-    ) -> None:
-        """Replace a reservation by the real cost (which may take a bucket below zero)."""
-        now = now_us if now_us is not None else _now_us()
-
-        def work(tx: Any) -> None:
-            states = self._load(tx, specs, now)
-            for state in states:
-                state.balance += reserved - cost
-            self._save(tx, states)
-
-        self._store._write(work)  # type: ignore[attr-defined]
-
-    def add(self, spec: BucketSpec, amount: int, now_us: int | None = None) -> BucketState:
+    def add(self, spec: BucketSpec, amount: int) -> BucketState:
         """Refill a bucket by hand, never above its capacity."""
-        now = now_us if now_us is not None else _now_us()
 
         def work(tx: Any) -> BucketState:
-            (state,) = self._load(tx, [spec], now)
+            state = self._load(tx, [spec], _now_us())[spec.name]
             state.balance = min(state.capacity, state.balance + amount)
             self._save(tx, [state])
             return state
@@ -268,30 +484,51 @@ class QuotaLedger:
         ]
 
     def apply_definitions(self, quotas: Mapping[str, QuotaDef]) -> None:
-        """Adjust stored buckets to changed definitions; delete those whose definition is gone."""
-        now = _now_us()
+        """Adjust stored buckets to changed definitions; delete those whose definition is gone.
+
+        Buckets of a definition that is present but invalid are kept untouched (a typo must
+        not wipe balances); requests that use them are refused until it is fixed.
+        """
+        index = QuotaIndex(quotas)
         gone: list[str] = []
         changed: list[BucketSpec] = []
         for state in self.states():
-            quota = quota_of(state.name, quotas)
+            quota = index.find(state.name)
             if quota is None:
                 gone.append(state.name)
-            elif quota.invalid is None and (
-                quota.capacity,
-                quota.rate_amount,
-                quota.rate_period,
-            ) != (state.capacity, state.rate_amount, state.rate_period):
+            elif quota.invalid is None and (quota.capacity, quota.rate_amount, quota.rate_period) != (
+                state.capacity,
+                state.rate_amount,
+                state.rate_period,
+            ):
                 changed.append(spec_of(state.name, quota))
 
         def work(tx: Any) -> None:
             for name in gone:
                 tx.execute("DELETE FROM quota_buckets WHERE name = ?", (name,))
             if changed:
-                self._save(tx, self._load(tx, changed, now))
+                self._save(tx, self._load(tx, changed, _now_us(), create=False).values())
 
         if gone or changed:
             self._store._write(work)  # type: ignore[attr-defined]
             log.info("quota buckets: %d adjusted, %d deleted", len(changed), len(gone))
+
+
+def _take(queue: deque[_Admission], n: int) -> list[_Admission]:
+    return [queue.popleft() for _ in range(min(n, len(queue)))]
+
+
+def _stored_spec(state: BucketState) -> BucketSpec:
+    return BucketSpec(state.name, "", state.capacity, state.rate_amount, state.rate_period)
+
+
+def _unavailable(wait: float) -> LedgerUnavailable:
+    return LedgerUnavailable("the quota store is unavailable", max(1, math.ceil(wait)))
+
+
+def _describe(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def _now_us() -> int:
@@ -301,14 +538,35 @@ def _now_us() -> int:
 # -- the per-configuration policy --------------------------------------------------------------
 
 
+class QuotaUnavailable(GatewayError):
+    """503: the quota balances cannot be read, so requests that use quotas are refused."""
+
+    status = 503
+    openai_type = "server_error"
+    openai_code = "quota_unavailable"
+    anthropic_type = "api_error"
+    gemini_status = "UNAVAILABLE"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, headers=(("retry-after", str(max(1, retry_after))),))
+        self.retry_after = max(1, retry_after)
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    buckets: tuple[BucketSpec, ...]
+    amount: int
+    """Nanodollars deducted at admission from every bucket; settlement gives it back."""
+
+
 class QuotaPolicy:
     """Admission and settlement for one configuration."""
 
     def __init__(self, config: Config, prices: PriceBook, ledger: QuotaLedger) -> None:
         self._quotas = config.quotas
+        self._index = QuotaIndex(config.quotas)
         self._prices = prices
         self._ledger = ledger
-        self._executor = _executor()
 
     def buckets_for(
         self, identity: Identity, refs: Iterable[BucketRef]
@@ -319,7 +577,7 @@ class QuotaPolicy:
         for ref in refs:
             name, quota = expand(ref, identity, self._quotas)
             if quota is None:
-                problems.append(f'quota bucket "{name}" has no definition in "quotas"')
+                problems.append(f'quota "{ref.template}" is not defined in "quotas"')
             elif quota.invalid is not None:
                 problems.append(f'quota "{quota.name}" cannot be used: {quota.invalid}')
             elif "<" in name or ">" in name:
@@ -336,7 +594,10 @@ class QuotaPolicy:
         body: Mapping[str, Any],
         body_size: int,
     ) -> Reservation:
-        """Reserve the request's estimated cost on every bucket, or raise QuotaExceeded (429)."""
+        """Reserve the request's estimated cost on every bucket, or raise QuotaExceeded (429).
+
+        Raises :class:`QuotaUnavailable` (503) when the store cannot be asked: quotas fail closed.
+        """
         specs, problems = self.buckets_for(identity, refs)
         if problems:
             raise QuotaExceeded(
@@ -347,28 +608,55 @@ class QuotaPolicy:
         estimate = self._prices.estimate(
             route.provider, route.model, input_bytes=body_size, max_output_tokens=_max_output(body)
         )
-        loop = asyncio.get_running_loop()
-        exhausted = await loop.run_in_executor(self._executor, self._ledger.reserve, specs, estimate)
+        exhausted = await self._verdict(specs, estimate)
         if exhausted:
-            by_name = {s.name: s for s in specs}
-            wait = max(retry_after(s.balance, by_name[s.name]) for s in exhausted)
+            now = _now_us()
+            wait = max(retry_after(s, now) for s in exhausted)
             names = ", ".join(s.name for s in exhausted)
             raise QuotaExceeded(
-                f"quota exceeded: bucket {names} is empty; it refills in about {wait} seconds",
+                f"quota exceeded: bucket {names} has no budget left; it refills in about {wait} seconds",
                 retry_after=wait,
                 buckets=tuple(s.name for s in exhausted),
             )
         return Reservation(tuple(specs), estimate)
 
-    def settle(self, reservation: Reservation, cost: int) -> None:
-        """Charge the real cost to every bucket of ``reservation`` (called off the event loop)."""
+    async def _verdict(self, specs: list[BucketSpec], estimate: int) -> list[BucketState]:
+        """The ledger's answer to one admission; :class:`QuotaUnavailable` when it cannot answer."""
+        future = self._ledger.submit(specs, estimate)
         try:
-            self._ledger.settle(reservation.buckets, reservation.amount, cost)
+            return await asyncio.wait_for(asyncio.wrap_future(future), self._ledger.stall_timeout)
+        except LedgerUnavailable as exc:
+            wait = exc.retry_after
+        except (asyncio.CancelledError, TimeoutError) as exc:
+            # The caller left, or the store hangs: give back whatever the admission reserves.
+            future.add_done_callback(lambda f: self._release_if_admitted(f, specs, estimate))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            wait = 1
+        raise QuotaUnavailable(
+            "quota balances cannot be checked right now (the database is unavailable), so requests"
+            f" with quotas are refused; try again in {wait} seconds",
+            retry_after=wait,
+        )
+
+    def _release_if_admitted(self, future: Verdict, specs: list[BucketSpec], amount: int) -> None:
+        if not future.cancelled() and future.exception() is None and not future.result():
+            self._ledger.settle(specs, amount, 0)
+
+    def settle(self, reservation: Reservation, cost: int | None) -> None:
+        """Charge the real cost to every bucket of ``reservation``; never blocks, never raises.
+
+        ``None`` means the answer was served but its cost is unknown: the reservation stays
+        charged. ``0`` gives it all back (nothing was served, or the model is unpriced).
+        """
+        charge = reservation.amount if cost is None else cost
+        try:
+            self._ledger.settle(reservation.buckets, reservation.amount, charge)
         except Exception:
-            log.exception("could not settle a quota reservation of %d nanodollars", cost)
+            log.exception("could not settle a quota reservation of %d nanodollars", charge)
 
     def refill(self, bucket: str, amount: int) -> BucketState:
-        quota = quota_of(bucket, self._quotas)
+        quota = self._index.find(bucket)
         if quota is None or quota.invalid is not None:
             raise NotFound(f'no quota bucket "{bucket}"')
         if amount <= 0:
@@ -380,7 +668,7 @@ class QuotaPolicy:
         now = _now_us()
         out = []
         for state in self._ledger.states(names):
-            quota = quota_of(state.name, self._quotas)
+            quota = self._index.find(state.name)
             if quota is None or quota.invalid is not None:
                 continue
             refill(state, spec_of(state.name, quota), now)
@@ -400,28 +688,14 @@ class QuotaPolicy:
 
 
 def _max_output(body: Mapping[str, Any]) -> int | None:
-    for name in _MAX_OUTPUT_FIELDS:
-        value = body.get(name)
-        if isinstance(value, int) and value > 0:
-            return value
+    """The largest output limit the request sets (any dialect's field), or None."""
     config = body.get("generationConfig") or body.get("generation_config")
-    if isinstance(config, dict):
-        value = config.get("maxOutputTokens") or config.get("max_output_tokens")
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    fields = [body.get(name) for name in _MAX_OUTPUT_FIELDS]
+    if isinstance(config, Mapping):
+        fields += [config.get("maxOutputTokens"), config.get("max_output_tokens")]
+    limits = [v for v in fields if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+    return max(limits) if limits else None
 
 
 def _iso(us: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(us / 1_000_000))
-
-
-_EXECUTOR: ThreadPoolExecutor | None = None
-
-
-def _executor() -> ThreadPoolExecutor:
-    """One thread for this process's admissions: they serialise here rather than on the database."""
-    global _EXECUTOR
-    if _EXECUTOR is None:
-        _EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tailgate-quotas")
-    return _EXECUTOR
