@@ -116,7 +116,16 @@ def explain_json(grants: GrantTable, subject: Identity, provider_id: str, model:
         "allowed": decision.allowed,
         "role": decision.role,
         "reason": decision.reason,
-        "matched": [{"origin": m.origin, "src": m.src} for m in decision.matched],
+        "matched": [
+            {
+                "origin": m.origin,
+                "src": m.src,
+                "role": m.capability.role,
+                "models": list(m.capability.models),
+                "quotas": [q.template for q in m.capability.quotas],
+            }
+            for m in decision.matched
+        ],
         "quotas": [q.template for q in decision.quotas],
         "add_headers": [name for name, _ in decision.add_headers],
         "hooks": [h.name for h in decision.send_hooks],

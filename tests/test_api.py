@@ -290,6 +290,16 @@ def test_explain(api: Api) -> None:
     assert doc["allowed"] is True and doc["role"] == "user" and doc["principal"] == "carol"
     assert doc["quotas"] == ["daily:<user>"] and doc["model"] == "demo/demo-fast"
     assert 'src "carol" matches' in doc["explanation"]
+    assert doc["matched"] == [
+        {"origin": "grants[1]", "src": "carol", "role": "user", "models": [], "quotas": []},
+        {
+            "origin": "grants[1]",
+            "src": "carol",
+            "role": None,
+            "models": ["demo/**"],
+            "quotas": ["daily:<user>"],
+        },
+    ]
     denied = api.ok("GET", "/api/explain?principal=tag:b,tag:a&model=demo-fast")
     assert denied["principal"] == "tag:a,tag:b" and denied["allowed"] is False
     assert denied["reason"] == "access denied: no role granted"
