@@ -17,6 +17,20 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / _TICKS
 
 
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """User + system CPU time of each live thread of ``pid``, by thread id."""
+    out: dict[int, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                stat = f.read()
+        except FileNotFoundError:
+            continue  # the thread ended
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / _TICKS
+    return out
+
+
 def memory_kib(pid: int) -> dict[str, int]:
     """``VmRSS`` (resident now) and ``VmHWM`` (peak resident) in KiB."""
     out: dict[str, int] = {}

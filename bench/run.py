@@ -181,6 +181,17 @@ def tailgate_config(upstream_port: int, workdir: Path) -> str:
     )
 
 
+def tailgate_command(config: Path, port: int, switch_interval_ms: float | None = None) -> list[str]:
+    """``tailgate serve`` on ``127.0.0.1:port``, optionally with another GIL switch interval."""
+    command = [sys.executable, "-m", "tailgate"]
+    if switch_interval_ms:
+        launcher = f"import sys; sys.setswitchinterval({switch_interval_ms / 1000}); "
+        launcher += "from tailgate.cli import main; sys.argv[0] = 'tailgate'; sys.exit(main())"
+        command = [sys.executable, "-c", launcher]
+    listen = f"127.0.0.1:{port}"
+    return [*command, "serve", "--config", str(config), "--listen", listen, "--log-level", "WARNING"]
+
+
 # -- load generators ------------------------------------------------------------------------------
 
 
@@ -453,9 +464,17 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="short runs (about a minute)")
     parser.add_argument("--soak", action="store_true", help="also 100,000 requests, RSS before and after")
     parser.add_argument("--seconds", type=float, help="length of each load run")
+    parser.add_argument("--streams", type=int, default=512, help="concurrent paced streams")
+    parser.add_argument("--stream-interval-ms", type=int, default=25, help="time between chunks, ms")
     parser.add_argument("--other", help="another gateway's command ({upstream} and {port} are filled in)")
     parser.add_argument("--other-port", type=int, help="the port the other gateway listens on")
     parser.add_argument("--other-name", default="other")
+    parser.add_argument(
+        "--switch-interval",
+        type=float,
+        help="run the gateway with sys.setswitchinterval(MS / 1000) (an experiment: how long a"
+        " background thread may hold the GIL before the event loop gets it back)",
+    )
     parser.add_argument("--output", default=str(BENCH / "results" / "latest.json"))
     args = parser.parse_args()
     if args.other and not args.other_port:
@@ -466,8 +485,8 @@ def main() -> int:
     plan = Plan(
         seconds=seconds,
         ttft_count=300 if args.quick else 2000,
-        stream_concurrency=512,
-        stream_interval_ms=25,
+        stream_concurrency=args.streams,
+        stream_interval_ms=args.stream_interval_ms,
         stream_rounds=1 if args.quick else 3,
         soak_requests=100_000 if args.soak else 0,
     )
@@ -478,6 +497,8 @@ def main() -> int:
         load = python_load
 
     results: dict[str, Any] = {"machine": machine(), "layout": layout.__dict__, "plan": plan.__dict__}
+    if args.switch_interval:
+        results["switch_interval_ms"] = args.switch_interval
     with tempfile.TemporaryDirectory(prefix="tailgate-bench-") as tmp:
         workdir = Path(tmp)
         upstream_cmd = [sys.executable, str(BENCH / "fast_upstream.py"), "--port", "0"]
@@ -492,18 +513,7 @@ def main() -> int:
             config.write_text(tailgate_config(upstream_port, workdir))
             port = _free_port()
             env = {**os.environ, "XDG_DATA_HOME": str(workdir / "data")}
-            gateway_cmd = [
-                sys.executable,
-                "-m",
-                "tailgate",
-                "serve",
-                "--config",
-                str(config),
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--log-level",
-                "WARNING",
-            ]
+            gateway_cmd = tailgate_command(config, port, args.switch_interval)
             with process(gateway_cmd, layout.gateway, env=env, log=workdir / "tailgate.log") as gw:
                 _wait_port(port, gw)
                 _check(f"http://127.0.0.1:{port}")
