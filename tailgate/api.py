@@ -15,7 +15,9 @@ import dataclasses
 import os
 import stat
 import tempfile
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -88,7 +90,6 @@ def _same_origin_only(handler: ApiHandler) -> ApiHandler:
 class _Api:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self._saving = asyncio.Lock()
 
     # -- who is asking ----------------------------------------------------------------------
 
@@ -303,41 +304,72 @@ class _Api:
 
     async def save_config(self, request: Request) -> Response:
         identity, _ = await self._admin(request)
-        text = _config_text(request)
-        async with self._saving:
-            problems = await asyncio.to_thread(_save_problems, text, identity)
-            if problems:
-                raise BadRequest(
-                    f"the configuration was not saved ({len(problems)} problem(s)): " + "; ".join(problems)
-                )
-            running = self.gateway.config
-            path = running.source_path
-            result = await asyncio.to_thread(load_config, text, environ=os.environ, path=path)
-            if result.config is None:  # the environment changed between the two loads
-                raise BadRequest("the configuration was not saved: " + "; ".join(result.problems))
-            if path is not None:
-                try:
-                    await asyncio.to_thread(write_atomically, path, text)
-                except OSError as exc:
-                    raise GatewayError(
-                        f"could not write the configuration to {path}: {exc.strerror or exc}"
-                    ) from None
-            config, restart = keep_startup_settings(running, result.config)
-            self.gateway.apply_config(config)
+        saved = await save_config(self.gateway, _config_text(request), identity)
+        if saved.problems:
+            count = len(saved.problems)
+            raise BadRequest(
+                f"the configuration was not saved ({count} problem(s)): " + "; ".join(saved.problems)
+            )
         answer: dict[str, Any] = {
-            "saved": path is not None,
-            "path": path,
+            "saved": saved.path is not None,
+            "path": saved.path,
             "applied": True,
-            "generation": self.gateway.runtime.generation,
-            "notes": result.notes,
-            "restart_required": restart,
+            "generation": saved.generation,
+            "notes": saved.notes,
+            "restart_required": saved.restart_required,
         }
-        if path is None:
+        if saved.path is None:
             answer["message"] = (
                 "this gateway runs without a configuration file (--demo): the new configuration "
                 "is in effect in memory only, until the gateway restarts"
             )
         return Response.json(answer)
+
+
+# -- saving the configuration (shared with the dashboard) -----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SavedConfig:
+    problems: list[str]
+    """Why the text was refused; when not empty, nothing was written or applied."""
+    path: str | None = None
+    """The file written, or None when the gateway has no config file (applied in memory)."""
+    generation: int = 0
+    notes: list[str] = field(default_factory=list)
+    restart_required: list[str] = field(default_factory=list)
+    """``server.*`` settings the text changes that only a restart applies."""
+
+
+_SAVE_LOCKS: weakref.WeakKeyDictionary[Gateway, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+async def save_config(gateway: Gateway, text: str, saver: Identity) -> SavedConfig:
+    """Validate ``text`` for ``saver`` (an admin), write it atomically and apply it.
+
+    Saves through the API and the dashboard take turns. Raises ``GatewayError`` (500) when
+    the file cannot be written; the running configuration is then unchanged.
+    """
+    lock = _SAVE_LOCKS.setdefault(gateway, asyncio.Lock())
+    async with lock:
+        problems = await asyncio.to_thread(_save_problems, text, saver)
+        if problems:
+            return SavedConfig(problems)
+        running = gateway.config
+        path = running.source_path
+        result = await asyncio.to_thread(load_config, text, environ=os.environ, path=path)
+        if result.config is None:  # the environment changed between the two loads
+            return SavedConfig(result.problems)
+        if path is not None:
+            try:
+                await asyncio.to_thread(write_atomically, path, text)
+            except OSError as exc:
+                raise GatewayError(
+                    f"could not write the configuration to {path}: {exc.strerror or exc}"
+                ) from None
+        config, restart = keep_startup_settings(running, result.config)
+        gateway.apply_config(config)
+        return SavedConfig([], path, gateway.runtime.generation, result.notes, restart)
 
 
 # -- policy helpers (pure; shared with the CLI) ---------------------------------------------------

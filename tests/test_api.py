@@ -7,6 +7,7 @@ a key is ``(loopback)``, the admin. The demo provider answers, so no upstream is
 from __future__ import annotations
 
 import http.client
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -399,7 +400,8 @@ def test_config_in_memory_when_there_is_no_file(api: Api) -> None:
 
 @pytest.fixture
 def file_api(tmp_path: Path) -> Iterator[tuple[Api, Path]]:
-    path = tmp_path / "tailgate.hujson"
+    (tmp_path / "etc").mkdir()
+    path = tmp_path / "etc" / "tailgate.hujson"
     path.write_text(CONFIG)
     path.chmod(0o640)
     config = load_config_file(path).config
@@ -446,3 +448,14 @@ def test_a_save_keeps_restart_only_settings(file_api: tuple[Api, Path]) -> None:
     assert saved["restart_required"] == ["server.database"]
     assert api.gw.gateway.config.server.database == ""
     assert path.read_text() == moved
+
+
+def test_a_save_that_cannot_be_written_changes_nothing(file_api: tuple[Api, Path]) -> None:
+    api, path = file_api
+    generation = api.ok("GET", "/api/config")["generation"]
+    shutil.rmtree(path.parent)
+    new = CONFIG.replace('"demo-smart"]', '"demo-smart", "demo-new"]')
+    message = api.error(500, "PUT", "/api/config", new.encode())
+    assert message.startswith(f"could not write the configuration to {path}: ")
+    assert api.ok("GET", "/api/config")["generation"] == generation
+    assert "demo/demo-new" not in api.ok("GET", "/api/me")["models"]
