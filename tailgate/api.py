@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import stat
 import tempfile
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
     from tailgate.router import Router
     from tailgate.routing import RoutingTable
     from tailgate.runtime import Runtime
+
+log = logging.getLogger("tailgate.api")
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 50
@@ -256,7 +259,7 @@ class _Api:
         return Response.json({"keys": [key_json(k, now) for k in listed]})
 
     async def create_key(self, request: Request) -> Response:
-        await self._admin(request)
+        admin, _ = await self._admin(request)
         body = _json_object(request)
         principal, days, note = body.get("principal"), body.get("expires_in_days"), body.get("note", "")
         if not isinstance(principal, str):
@@ -274,13 +277,21 @@ class _Api:
             )
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
-        return Response.json({**key_json(info, datetime.now(UTC)), "key": secret}, status=201)
+        log.info(
+            "gateway key %s (%s…) created for %s by %s", info.id, info.prefix, principal, admin.principal
+        )
+        # The secret is in this answer only: no cache may keep a copy.
+        no_store = [(b"cache-control", b"no-store")]
+        return Response.json(
+            {**key_json(info, datetime.now(UTC)), "key": secret}, status=201, headers=no_store
+        )
 
     async def revoke_key(self, request: Request) -> Response:
-        await self._admin(request)
+        admin, _ = await self._admin(request)
         key_id = request.path[len("/api/keys/") :]
         if not key_id or not await asyncio.to_thread(self.gateway.store.revoke_key, key_id):
             raise NotFound(f'no active gateway key "{key_id}"')
+        log.info("gateway key %s revoked by %s", key_id, admin.principal)
         return Response.json({"id": key_id, "state": "revoked"})
 
     # -- the configuration --------------------------------------------------------------------

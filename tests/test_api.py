@@ -52,6 +52,7 @@ class Api:
     def __init__(self, gw: RunningGateway, keys: dict[str, str]) -> None:
         self.gw = gw
         self.keys = keys
+        self.last_headers: dict[str, str] = {}
 
     def call(
         self,
@@ -71,6 +72,7 @@ class Api:
         response = conn.getresponse()
         data = response.read()
         conn.close()
+        self.last_headers = {k.lower(): v for k, v in response.getheaders()}
         return response.status, orjson.loads(data) if data else None
 
     def ok(self, method: str, path: str, body: bytes | dict[str, Any] | None = None, **kw: Any) -> Any:
@@ -317,6 +319,7 @@ def test_explain(api: Api) -> None:
 
 def test_keys_create_list_use_and_revoke(api: Api) -> None:
     created = api.ok("POST", "/api/keys", {"principal": "carol", "expires_in_days": 30, "note": "laptop"})
+    assert api.last_headers["cache-control"] == "no-store"
     secret = created.pop("key")
     assert secret.startswith("tg_") and created["prefix"] == secret[:7] and created["state"] == "active"
     assert created["expires_at"] is not None and created["note"] == "laptop"
