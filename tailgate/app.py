@@ -65,6 +65,9 @@ class Gateway:
         self.server = HttpServer(self.handle, self.render_error, self.settings)
         self.started_at = time.time()
         self._mount()
+        from tailgate.api import register_api
+
+        self.mount(register_api)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -98,7 +101,18 @@ class Gateway:
         self.store.close()
 
     def apply_config(self, config: Config) -> None:
-        """Swap in a new configuration; in-flight requests keep the one they started with."""
+        """Swap in a new configuration; in-flight requests keep the one they started with.
+
+        Settings that only take effect at start-up (``listen``, ``database``, ``workers``) keep
+        their running values. Applying the configuration already in effect does nothing.
+        """
+        from tailgate.api import keep_startup_settings
+
+        config, restart_only = keep_startup_settings(self.config, config)
+        if config == self.config:
+            return
+        if restart_only:
+            log.warning("changes to %s take effect after a restart", ", ".join(restart_only))
         self._generation += 1
         self.runtime = build_runtime(config, self.ledger, self._generation)
         self.config = config
@@ -183,6 +197,7 @@ class Gateway:
             {
                 "status": "ok",
                 "version": __version__,
+                "pid": os.getpid(),
                 "uptime_s": int(time.time() - self.started_at),
                 "config_generation": self.runtime.generation,
                 "records_pending": stats.submitted - stats.written - stats.dropped,

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -55,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     source.add_argument("--demo", action="store_true", help="run with the built-in demo configuration")
     serve.add_argument("--listen", action="append", help="HOST:PORT or unix:/path (repeatable)")
     serve.add_argument("--database", help="override server.database")
+    serve.add_argument(
+        "--workers", type=int, help="worker processes (default: server.workers, else one per CPU core)"
+    )
     serve.add_argument("--log-level", default=os.environ.get("TAILGATE_LOG_LEVEL", "INFO"))
 
     check = sub.add_parser("check-config", help="validate a configuration file")
@@ -104,11 +108,15 @@ def _check_config(path: str) -> int:
 
     result = load_config_file(path)
     for warning in result.warnings:
-        print(f"warning: {warning}")
+        if warning not in result.fail_closed:
+            print(f"warning: {warning}")
     for error in result.errors:
         print(f"error: {error}")
-    if result.errors:
-        print(f"{path}: {len(result.errors)} error(s), {len(result.warnings)} warning(s)")
+    for refused in result.fail_closed:
+        print(f"error: {refused} (requests that use it will be refused)")
+    if result.errors or result.fail_closed:
+        errors = len(result.errors) + len(result.fail_closed)
+        print(f"{path}: {errors} error(s), {len(result.warnings)} warning(s)")
         return 1
     print(f"{path}: valid ({len(result.warnings)} warning(s))")
     return 0
@@ -148,6 +156,20 @@ def _serve(args: argparse.Namespace) -> int:
 
         server = dataclasses.replace(server, database=os.path.join(_default_data_dir(), "demo.db"))
     config = dataclasses.replace(config, server=server)
+    workers = args.workers if args.workers is not None else (server.workers or os.cpu_count() or 1)
+    if workers <= 1:
+        _run_loop(config, args)
+        return 0
+    return _serve_workers(config, args, workers)
+
+
+def _run_loop(
+    config: Config,
+    args: argparse.Namespace,
+    *,
+    worker: int = 0,
+    sockets: dict[str, socket.socket] | None = None,
+) -> None:
     try:
         import uvloop
 
@@ -155,21 +177,53 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError:  # pragma: no cover - non-Linux platforms
         loop_factory = None
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_run(config, args))
-    return 0
+        runner.run(_run(config, args, worker=worker, sockets=sockets))
 
 
-async def _run(config: Config, args: argparse.Namespace) -> None:
-    from tailgate.api import register_api
+def _serve_workers(config: Config, args: argparse.Namespace, workers: int) -> int:
+    """Migrate once, bind what must be shared, then fork the workers."""
+    from tailgate.http.server import split_host_port
+    from tailgate.store import open_store
+    from tailgate.workers import bind_inherited, check_port, supervise
+
+    for address in config.server.listen:
+        if not address.startswith("unix:") and split_host_port(address)[1] == 0:
+            log.error("%s: several workers need a fixed port, not 0", address)
+            return 1
+        try:
+            check_port(address)
+        except OSError as exc:
+            log.error("cannot listen on %s: %s", address, exc.strerror or exc)
+            return 1
+    store = open_store(config.server.database)
+    store.migrate()
+    store.close()
+    sockets = {a: sock for a in config.server.listen if (sock := bind_inherited(a)) is not None}
+    log.info("starting %d workers", workers)
+
+    def run_worker(index: int) -> int:
+        _run_loop(config, args, worker=index, sockets=sockets)
+        return 0
+
+    return supervise(workers, run_worker)
+
+
+async def _run(
+    config: Config,
+    args: argparse.Namespace,
+    *,
+    worker: int = 0,
+    sockets: dict[str, socket.socket] | None = None,
+) -> None:
     from tailgate.app import Gateway
     from tailgate.config.watch import ConfigWatcher
 
-    gateway = Gateway(config)
-    gateway.mount(register_api)
-    addresses = await gateway.start()
-    for address in addresses:
-        log.info("listening on http://%s", address)
-    if args.demo:
+    gateway = Gateway(config, worker=worker)
+    addresses = await gateway.start(sockets=sockets, reuse_port=sockets is not None)
+    if worker == 0:
+        for address in addresses:
+            log.info("listening on http://%s", address)
+    if args.demo and worker == 0:
         first = addresses[0] if addresses else "127.0.0.1:8080"
         example = '{"model":"demo-fast","messages":[{"role":"user","content":"hello"}]}'
         log.info("demo mode: try  curl http://%s/v1/chat/completions -d '%s'", first, example)

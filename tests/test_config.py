@@ -845,7 +845,7 @@ def test_server_errors(server: dict[str, Any], error: str) -> None:
             'server.upstream_timeout: duration "forever" must look like "30s", "1m30s", "500ms" or'
             ' "0"; using the default',
         ),
-        ({"workers": 0}, "server.workers must be at least 1; using the default"),
+        ({"workers": -1}, "server.workers must be 0 (one per CPU core) or more; using the default"),
         (
             {"public_url": "ai.example"},
             'server.public_url "ai.example" must start with http:// or https://; ignored',

@@ -184,7 +184,8 @@ class ServerSettings:
     upstream_timeout: float = 600.0
     """Seconds to wait for the upstream's response head, and between two body chunks."""
     identity: IdentitySettings = IdentitySettings()
-    workers: int = 1
+    workers: int = 0
+    """Worker processes; ``0`` means one per CPU core."""
     public_url: str = ""
     """How clients reach this gateway (``http://ai``); shown on the quick-start page."""
 

@@ -84,8 +84,8 @@ def read_server(reader: Reader, value: object) -> ServerSettings:
     if problem is not None:
         reader.problems.errors.append(f"server.database: {problem}")
     workers = reader.integer(fields, "workers", "server", defaults.workers)
-    if workers < 1:
-        reader.warn("server.workers must be at least 1; using the default")
+    if workers < 0:
+        reader.warn("server.workers must be 0 (one per CPU core) or more; using the default")
         workers = defaults.workers
     public_url = reader.string(fields, "public_url", "server").rstrip("/")
     if public_url and not public_url.startswith(("http://", "https://")):

@@ -1,0 +1,85 @@
+"""Several worker processes on one port: shared load, shared store, clean shutdown."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+from tailgate.config.defaults import DEMO_CONFIG
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", path)
+    response = conn.getresponse()
+    return response.status, response.read()
+
+
+def test_workers_share_the_port_and_the_store(tmp_path: Path) -> None:
+    config = tmp_path / "tailgate.hujson"
+    config.write_text(DEMO_CONFIG)
+    database = tmp_path / "tailgate.db"
+    port = _free_port()
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data")}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tailgate",
+            "serve",
+            "--config",
+            str(config),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--database",
+            str(database),
+            "--workers",
+            "2",
+            "--log-level",
+            "WARNING",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if _get(port, "/healthz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "workers did not start"
+            time.sleep(0.1)
+        pids = {orjson.loads(_get(port, "/healthz")[1])["pid"] for _ in range(60)}
+        assert len(pids) == 2 and process.pid not in pids
+        body = orjson.dumps({"model": "demo-fast", "messages": [{"role": "user", "content": "hi"}]})
+        for _ in range(40):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request(
+                "POST", "/v1/chat/completions", body=body, headers={"content-type": "application/json"}
+            )
+            assert conn.getresponse().status == 200
+            conn.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=60)[0].decode()
+    assert process.returncode == 0, output
+    with sqlite3.connect(database) as db:
+        assert db.execute("SELECT count(*) FROM records").fetchone()[0] == 40
