@@ -58,7 +58,7 @@ class Gateway:
         self.resolver = IdentityResolver(config.server.identity, self.store)
         spool = "spool.bin" if worker == 0 else f"spool-{worker}.bin"
         self.recorder: Recorder[Exchange] = Recorder(
-            self.store, finalize, spool_path=str(self.data_dir / spool)
+            self.store, finalize, spool_path=str(self.data_dir / spool), retention=config.database.retention
         )
         self.proxy = Proxy(lambda: self.runtime, self.pool, self.identify, self.recorder.submit)
         self.router = Router()
@@ -117,6 +117,7 @@ class Gateway:
         self.runtime = build_runtime(config, self.ledger, self._generation)
         self.config = config
         self.settings.max_body_bytes = config.server.max_body_bytes
+        self.recorder.retention = config.database.retention
         self.pool.connect_timeout = config.server.upstream_connect_timeout
         log.info("configuration %d in effect", self._generation)
         task = asyncio.get_running_loop().run_in_executor(None, self.ledger.apply_definitions, config.quotas)
