@@ -67,14 +67,14 @@ def integer(n: int) -> str:
 def compact(n: int | float) -> str:
     """A short count: ``999``, ``1.2k``, ``12k``, ``3.4M``, ``1.2B``."""
     value = float(n)
-    magnitude = abs(value)
-    for limit, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if magnitude >= limit:
-            scaled = value / limit
-            if abs(scaled) >= 99.95:
-                return f"{scaled:.0f}{suffix}"
-            return f"{scaled:.1f}".removesuffix(".0") + suffix
+    for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size * 0.9995:  # what would round to 1000k is 1M
+            return _short(value / size) + suffix
     return f"{value:.0f}" if value == int(value) else f"{value:.1f}"
+
+
+def _short(scaled: float) -> str:
+    return f"{scaled:.0f}" if abs(scaled) >= 9.95 else f"{scaled:.1f}".removesuffix(".0")
 
 
 def utc_datetime(ts_ms: int) -> datetime:

