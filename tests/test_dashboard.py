@@ -28,8 +28,8 @@ from tailgate.record import Outcome, Record
 from tailgate.store import UsageQuery
 from tailgate.usage import Usage
 from tailgate.web import register_dashboard
-from tailgate.web.charts import bar, day_buckets, nice_ticks, stacked_bars, top_series
 from tailgate.web.charts import Series as ChartSeries
+from tailgate.web.charts import bar, day_buckets, nice_ticks, stacked_bars, top_series
 from tailgate.web.format import (
     compact,
     dollars,
