@@ -8,13 +8,38 @@ import time
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def family(pid: int) -> list[int]:
+    """``pid`` and all its live descendants (a supervisor and its workers)."""
+    out = [pid]
+    for member in out:
+        for tid in _listdir(f"/proc/{member}/task"):
+            try:
+                with open(f"/proc/{member}/task/{tid}/children") as f:
+                    out.extend(int(child) for child in f.read().split())
+            except FileNotFoundError:
+                continue
+    return out
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of every thread of ``pid`` so far (live and exited threads)."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
-    return (utime + stime) / _TICKS
+    """User + system CPU time of ``pid`` and its descendants so far (all threads, live and exited)."""
+    total = 0.0
+    for member in family(pid):
+        try:
+            with open(f"/proc/{member}/stat", "rb") as f:
+                stat = f.read()
+        except FileNotFoundError:
+            continue
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5): utime, stime
+    return total / _TICKS
 
 
 def thread_cpu_seconds(pid: int) -> dict[int, float]:
@@ -32,13 +57,21 @@ def thread_cpu_seconds(pid: int) -> dict[int, float]:
 
 
 def memory_kib(pid: int) -> dict[str, int]:
-    """``VmRSS`` (resident now) and ``VmHWM`` (peak resident) in KiB."""
-    out: dict[str, int] = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
+    """``VmRSS``: resident now, summed over ``pid`` and its descendants; ``VmHWM``: the largest peak
+    resident size of any one of them (one worker); in KiB."""
+    out = {"VmRSS": 0, "VmHWM": 0}
+    for member in family(pid):
+        try:
+            with open(f"/proc/{member}/status") as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            continue
+        for line in lines:
             name, _, value = line.partition(":")
-            if name in ("VmRSS", "VmHWM"):
-                out[name] = int(value.split()[0])
+            if name == "VmRSS":
+                out["VmRSS"] += int(value.split()[0])
+            elif name == "VmHWM":
+                out["VmHWM"] = max(out["VmHWM"], int(value.split()[0]))
     return out
 
 

@@ -60,8 +60,6 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer -"
 local f = io.open("{body}", "rb"); wrk.body = f:read("*a"); f:close()
-local limit, seen = {limit}, 0
-{response}
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -70,12 +68,6 @@ done = function(summary, latency, requests)
     summary.requests, summary.duration, e.connect + e.read + e.write, e.status, e.timeout,
     latency:percentile(50), latency:percentile(90), latency:percentile(99),
     latency:percentile(99.9), latency.mean, latency.max))
-end
-"""
-_STOP_AFTER = """
-response = function(status, headers, body)
-  seen = seen + 1
-  if seen >= limit then wrk.thread:stop() end
 end
 """
 
@@ -181,30 +173,31 @@ def tailgate_config(upstream_port: int, workdir: Path) -> str:
     )
 
 
-def tailgate_command(config: Path, port: int, switch_interval_ms: float | None = None) -> list[str]:
-    """``tailgate serve`` on ``127.0.0.1:port``, optionally with another GIL switch interval."""
+def tailgate_command(
+    config: Path, port: int, switch_interval_ms: float | None = None, workers: int = 1
+) -> list[str]:
+    """``tailgate serve --workers N`` on ``127.0.0.1:port`` (optionally another GIL switch interval)."""
     command = [sys.executable, "-m", "tailgate"]
     if switch_interval_ms:
         launcher = f"import sys; sys.setswitchinterval({switch_interval_ms / 1000}); "
         launcher += "from tailgate.cli import main; sys.argv[0] = 'tailgate'; sys.exit(main())"
         command = [sys.executable, "-c", launcher]
     listen = f"127.0.0.1:{port}"
-    return [*command, "serve", "--config", str(config), "--listen", listen, "--log-level", "WARNING"]
+    options = ["--listen", listen, "--workers", str(workers), "--log-level", "WARNING"]
+    return [*command, "serve", "--config", str(config), *options]
 
 
 # -- load generators ------------------------------------------------------------------------------
 
 
 def wrk(
-    url: str, body: bytes, connections: int, seconds: float, cpu: int | None, workdir: Path, *, limit: int = 0
+    url: str, body: bytes, connections: int, seconds: float, cpu: int | None, workdir: Path
 ) -> dict[str, Any]:
     """One ``wrk`` run (closed loop, ``connections`` connections, one thread); latencies in µs."""
     body_file = workdir / f"body-{abs(hash(body))}.json"
     body_file.write_bytes(body)
-    script = workdir / f"wrk-{limit}.lua"
-    script.write_text(
-        _WRK_LUA.format(body=body_file, limit=limit or 0, response=_STOP_AFTER if limit else "")
-    )
+    script = workdir / "wrk.lua"
+    script.write_text(_WRK_LUA.format(body=body_file))
     args = [
         *_taskset(cpu),
         "wrk",
@@ -227,7 +220,7 @@ def wrk(
 
 
 def python_load(
-    url: str, body: bytes, connections: int, seconds: float, cpu: int | None, workdir: Path, *, limit: int = 0
+    url: str, body: bytes, connections: int, seconds: float, cpu: int | None, workdir: Path
 ) -> dict[str, Any]:
     """The fallback when ``wrk`` is missing: the same measures from ``loadgen.py load``."""
     result = loadgen("load", url, body, cpu, workdir, concurrency=connections, seconds=seconds)
@@ -329,15 +322,21 @@ def measure(
     if pid and plan.soak_requests:
         before = memory_kib(pid)["VmRSS"] / 1024
         print(f"[{name}] soak: {plan.soak_requests} requests", file=sys.stderr)
-        soak = load(url, PLAIN_BODY, 32, 600, layout.load, workdir, limit=plan.soak_requests)
+        served = errors = 0
+        for _ in range(120):  # 10-second runs until enough requests were served (at most 20 minutes)
+            if served >= plan.soak_requests:
+                break
+            run = load(url, PLAIN_BODY, 32, 10, layout.load, workdir)
+            served += run["requests"]
+            errors += run["errors"] + run["status_errors"]
         time.sleep(1)
         after = memory_kib(pid)["VmRSS"] / 1024
         out["soak"] = {
-            "requests": soak["requests"],
+            "requests": served,
             "rss_before_mb": before,
             "rss_after_mb": after,
             "growth_pct": 100 * (after - before) / before,
-            "errors": soak["errors"] + soak["status_errors"],
+            "errors": errors,
         }
         out["peak_rss_mb"] = memory_kib(pid)["VmHWM"] / 1024
     return out
@@ -466,6 +465,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, help="length of each load run")
     parser.add_argument("--streams", type=int, default=512, help="concurrent paced streams")
     parser.add_argument("--stream-interval-ms", type=int, default=25, help="time between chunks, ms")
+    parser.add_argument("--workers", type=int, help="also measure tailgate with this many workers (unpinned)")
     parser.add_argument("--other", help="another gateway's command ({upstream} and {port} are filled in)")
     parser.add_argument("--other-port", type=int, help="the port the other gateway listens on")
     parser.add_argument("--other-name", default="other")
@@ -521,6 +521,22 @@ def main() -> int:
                     "tailgate", f"http://127.0.0.1:{port}", gw.pid, plan, layout, workdir, load
                 )
                 results["tailgate"]["records"] = _records(workdir / "tailgate.db")
+            if args.workers:
+                name = f"tailgate x{args.workers}"
+                multi = workdir / "multi"
+                multi.mkdir()
+                config = multi / "tailgate.json"
+                config.write_text(tailgate_config(upstream_port, multi))
+                port = _free_port()
+                env = {**os.environ, "XDG_DATA_HOME": str(multi / "data")}
+                gateway_cmd = tailgate_command(config, port, args.switch_interval, args.workers)
+                with process(gateway_cmd, None, env=env, log=multi / "tailgate.log") as gw:
+                    _wait_port(port, gw)
+                    _check(f"http://127.0.0.1:{port}")
+                    multi_plan = Plan(**{**plan.__dict__, "soak_requests": 0})
+                    results[name] = measure(
+                        name, f"http://127.0.0.1:{port}", gw.pid, multi_plan, layout, workdir, load
+                    )
             if args.other:
                 command = args.other.format(upstream=upstream, port=args.other_port)
                 with process(shlex.split(command), layout.gateway, log=workdir / "other.log") as other:
@@ -537,7 +553,7 @@ def main() -> int:
                     )
 
     direct = results["direct"]
-    names = [n for n in ("tailgate", args.other_name) if n in results]
+    names = [n for n in ("tailgate", f"tailgate x{args.workers}", args.other_name) if n in results]
     results["summary"] = {n: summary(direct, results[n]) for n in names}
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
