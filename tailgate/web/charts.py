@@ -19,7 +19,7 @@ from tailgate.web.format import day_label
 PALETTE_SIZE = 8
 OTHER = "other"
 WIDTH = 960
-PLOT_LEFT = 70
+PLOT_LEFT = 48
 PLOT_RIGHT = 8
 PLOT_TOP = 10
 AXIS_HEIGHT = 22
@@ -87,7 +87,10 @@ def stacked_bars(
     totals = [sum(s.values[i] for s in series) for i in range(count)]
     ticks = nice_ticks(max(totals, default=0))
     top = ticks[-1]
-    plot_w = WIDTH - PLOT_LEFT - PLOT_RIGHT
+    tick_labels = [axis(t) for t in ticks]
+    # Room for the longest y label, at the larger font phones use (about 10 units a character).
+    left = max(PLOT_LEFT, 12 + 10 * max(len(label) for label in tick_labels))
+    plot_w = WIDTH - left - PLOT_RIGHT
     plot_h = height - PLOT_TOP - AXIS_HEIGHT
     bottom = PLOT_TOP + plot_h
     out = [
@@ -96,19 +99,18 @@ def stacked_bars(
         f"<title>{escape(title)}</title>",
         '<g class="grid">',
     ]
-    for tick in ticks:
+    for tick, label in zip(ticks, tick_labels, strict=True):
         y = bottom - plot_h * tick / top
-        out.append(f'<line x1="{PLOT_LEFT}" x2="{WIDTH - PLOT_RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>')
+        out.append(f'<line x1="{left}" x2="{WIDTH - PLOT_RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>')
         out.append(
-            f'<text class="tick" x="{PLOT_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">'
-            f"{escape(axis(tick))}</text>"
+            f'<text class="tick" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{escape(label)}</text>'
         )
     out.append("</g>")
     slot = plot_w / max(count, 1)
     width = max(slot * 0.72, 1.0)
     out.append('<g class="bars">')
     for i, day in enumerate(labels):
-        x = PLOT_LEFT + i * slot + (slot - width) / 2
+        x = left + i * slot + (slot - width) / 2
         y = float(bottom)
         when = _bucket_label(day, bucket_days)
         for s in series:
@@ -127,12 +129,12 @@ def stacked_bars(
     out.append('<g class="axis">')
     every = max(1, math.ceil(count / 8))
     for i in range(0, count, every):
-        x = PLOT_LEFT + i * slot + slot / 2
+        x = left + i * slot + slot / 2
         out.append(
             f'<text class="tick" x="{x:.1f}" y="{height - 6}" text-anchor="middle">'
             f"{escape(day_label(labels[i]))}</text>"
         )
-    out.append(f'<line x1="{PLOT_LEFT}" x2="{WIDTH - PLOT_RIGHT}" y1="{bottom}" y2="{bottom}"/>')
+    out.append(f'<line x1="{left}" x2="{WIDTH - PLOT_RIGHT}" y1="{bottom}" y2="{bottom}"/>')
     out.append("</g></svg>")
     return Markup("".join(out))
 

@@ -67,3 +67,6 @@ function setUpEditor(textarea) {
 }
 
 document.querySelectorAll("#config-text").forEach(setUpEditor);
+
+// On a narrow screen a chart scrolls sideways: start at its right end, where today is.
+document.querySelectorAll(".chart-wrap").forEach((wrap) => { wrap.scrollLeft = wrap.scrollWidth; });
