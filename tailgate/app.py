@@ -108,11 +108,9 @@ class Gateway:
         """
         from tailgate.api import keep_startup_settings
 
-        config, restart_only = keep_startup_settings(self.config, config)
+        config, _ = keep_startup_settings(self.config, config)  # the watcher and the API say which
         if config == self.config:
             return
-        if restart_only:
-            log.warning("changes to %s take effect after a restart", ", ".join(restart_only))
         self._generation += 1
         self.runtime = build_runtime(config, self.ledger, self._generation)
         self.config = config

@@ -209,7 +209,7 @@ def test_startup_only_settings_are_flagged_on_reload(
     path.write_text(config_text(["a"], server={"listen": "127.0.0.1:8080"}))
     seen: list[Config] = []
     watcher = ConfigWatcher(path, seen.append, environ={}, current=load_config_file(path, {}).config)
-    path.write_text(config_text(["a"], server={"listen": "127.0.0.1:9090", "workers": 1}))
+    path.write_text(config_text(["a"], server={"listen": "127.0.0.1:9090", "workers": 0}))
     with caplog.at_level(logging.WARNING, logger="tailgate.config"):
         watcher.reload()
     assert len(seen) == 1 and seen[0].server.listen == ("127.0.0.1:9090",)
