@@ -157,7 +157,7 @@ def queries(store: SQLiteStore) -> list[tuple[str, Callable[[], object]]]:
     light = "user150@example.com"
     middle = store.list_records(RecordFilter(until_ms=START_MS + 45 * DAY_MS), limit=1).items[0]
     deep = encode_cursor(middle.ts_ms, middle.id)
-    one = store.list_records(RecordFilter(principal=light), limit=1).items[0]
+    one = store.list_records(RecordFilter(principal=light, until_ms=END_MS), limit=1).items[0]
     assert one.session_id is not None
     session = one.session_id
     return [

@@ -242,3 +242,10 @@ def m004_quota_buckets(db: MigrationContext) -> None:
         )
         """
     )
+
+
+@migration
+def m005_records_principal_model_idx(db: MigrationContext) -> None:
+    # Logs filtered by user and model: with only the one-column indexes, a model the user
+    # rarely calls meant scanning all of that user's records (120 ms at 10M records).
+    db.execute("CREATE INDEX records_principal_model_idx ON records (principal, model, ts_ms, id)")
