@@ -41,6 +41,7 @@ from tailgate.web.format import (
 )
 from tailgate.web.logs import PAGE_SIZE, cost_breakdown
 from tailgate.web.quickstart import base_url, guides
+from tailgate.web.usage import CSV_COLUMNS
 from tests.harness import RunningGateway, running_gateway
 from tests.mock_upstream import MockUpstream
 
@@ -388,15 +389,17 @@ def test_csv_numbers_equal_the_store(site: Site) -> None:
     assert status == 200 and headers["content-type"].startswith("text/csv")
     assert "attachment" in headers["content-disposition"]
     rows = list(csv.DictReader(io.StringIO(body)))
+    assert list(rows[0]) == list(CSV_COLUMNS)
     stored = site.gw.store.usage(UsageQuery(), ("day", "principal", "provider", "model"))
     assert len(rows) == len(stored) >= 4
-    for row, want in zip(rows, stored, strict=True):
-        assert row["day"] == str(want.day) and row["principal"] == want.principal
-        assert (row["provider"], row["model"]) == (want.provider, want.model)
+    by_key = {(r["day"], r["principal"], r["provider"], r["model"]): r for r in rows}
+    for want in stored:
+        row = by_key[(str(want.day), want.principal, want.provider, want.model)]
         assert int(row["requests"]) == want.totals.requests
         assert int(row["input_tokens"]) == want.totals.input_tokens
         assert int(row["output_tokens"]) == want.totals.output_tokens
         assert int(row["cache_read_tokens"]) == want.totals.cache_read_tokens
+        assert int(row["cache_write_tokens"]) == want.totals.cache_write_tokens
         assert int(row["reasoning_tokens"]) == want.totals.reasoning_tokens
         assert parse_dollars("$" + row["cost_usd"]) == want.totals.cost_nd
         assert int(row["unpriced_requests"]) == want.totals.unpriced
