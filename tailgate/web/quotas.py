@@ -12,6 +12,7 @@ from typing import Any
 
 from tailgate import csrf
 from tailgate.api import own_buckets
+from tailgate.api_json import unused_bucket_json
 from tailgate.config.units import parse_dollars
 from tailgate.errors import BadRequest, NotFound
 from tailgate.http.messages import Request, Response
@@ -62,9 +63,7 @@ def bucket_views(runtime: Runtime, names: Iterable[str] | None, mine: Sequence[s
             continue
         quota = quota_of(name, runtime.config.quotas)
         if quota is not None:
-            views.append(
-                BucketView(name, quota.name, quota.capacity, quota.capacity, quota.rate_text, None, True)
-            )
+            views.append(_view(unused_bucket_json(name, quota), True))
     return sorted(views, key=lambda v: (not v.mine, v.name))
 
 

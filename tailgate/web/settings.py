@@ -9,15 +9,12 @@ created it.
 
 from __future__ import annotations
 
-import asyncio
-import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tailgate import csrf
-from tailgate.api import MAX_KEY_DAYS, _save_problems, keep_startup_settings, write_atomically
-from tailgate.config.loader import load_config
+from tailgate.api import MAX_KEY_DAYS, _save_problems, save_config
 from tailgate.config.model import Capability, Config, Grant
 from tailgate.errors import BadRequest
 from tailgate.http.messages import Request, Response
@@ -25,8 +22,6 @@ from tailgate.identity import Identity
 from tailgate.identity.keys import KeyInfo
 from tailgate.web.common import Viewer, Web, form_fields, link
 from tailgate.web.models import endpoints
-
-_SAVING = asyncio.Lock()
 
 
 @dataclass(slots=True)
@@ -38,29 +33,19 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
 
 
-async def save_config(web: Web, text: str, saver: Identity) -> Outcome:
-    """Validate ``text`` for saving by ``saver``; if it passes, write the file and apply it."""
-    gateway = web.gateway
-    async with _SAVING:
-        problems = await web.run(_save_problems, text, saver)
-        if problems:
-            return Outcome(problems)
-        running = gateway.config
-        path = running.source_path
-        result = await web.run(load_config, text, environ=os.environ, path=path)
-        if result.config is None:  # the environment changed between the two loads
-            return Outcome(result.problems)
-        if path is not None:
-            try:
-                await web.run(write_atomically, path, text)
-            except OSError as exc:
-                return Outcome([f"could not write the configuration to {path}: {exc.strerror or exc}"])
-        config, restart = keep_startup_settings(running, result.config)
-        gateway.apply_config(config)
-    where = f"saved to {path}" if path else "in effect in memory only (this gateway has no config file)"
-    notes = [*result.notes]
-    notes.extend(f"{name} changed: it takes effect at the next restart" for name in restart)
-    return Outcome(message=f"Configuration {gateway.runtime.generation} {where} and applied.", notes=notes)
+async def save(web: Web, text: str, saver: Identity) -> Outcome:
+    """Save ``text`` exactly as ``PUT /api/config`` does, and say what happened."""
+    saved = await save_config(web.gateway, text, saver)
+    if saved.problems:
+        return Outcome(saved.problems)
+    where = (
+        f"saved to {saved.path}"
+        if saved.path
+        else "in effect in memory only (this gateway has no config file)"
+    )
+    notes = [*saved.notes]
+    notes.extend(f"{name} changed: it takes effect at the next restart" for name in saved.restart_required)
+    return Outcome(message=f"Configuration {saved.generation} {where} and applied.", notes=notes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +159,7 @@ async def post_config(web: Web, viewer: Viewer, request: Request) -> Response:
         problems = await web.run(_save_problems, text, viewer.identity)
         message = None if problems else "Valid: this configuration can be saved."
         return await _render(web, viewer, text=text, outcome=Outcome(problems, message))
-    outcome = await save_config(web, text, viewer.identity)
+    outcome = await save(web, text, viewer.identity)
     if outcome.problems:
         return await _render(web, viewer, status=422, text=text, outcome=outcome)
     # The new runtime may have changed the viewer's grants; render with the config now in force.
