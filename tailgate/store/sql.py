@@ -140,6 +140,10 @@ class SQLStore:
         """Insert the rows whose id is not stored yet; return the ids inserted."""
         raise NotImplementedError
 
+    def _index_hint(self, index: str) -> str:
+        """How to make the planner read a listing through ``index`` (nothing when it needs no help)."""
+        return ""
+
     def _lock_migrations(self, tx: Tx) -> None:
         """Serialise concurrent migrators (another process starting at the same time)."""
 
@@ -260,7 +264,8 @@ class SQLStore:
         if cursor is not None:
             where.append("(ts_ms, id) < (?, ?)")
             params.extend(decode_cursor(cursor, (int, str)))
-        sql = f"{_RECORD_SELECT}{_where(where)} ORDER BY ts_ms DESC, id DESC LIMIT ?"
+        hint = self._index_hint(_listing_index(filters, scope))
+        sql = f"{_RECORD_SELECT}{hint}{_where(where)} ORDER BY ts_ms DESC, id DESC LIMIT ?"
         rows = self._read(sql, (*params, limit + 1))
         items = [row_record(row) for row in rows[:limit]]
         more = len(rows) > limit
@@ -437,6 +442,24 @@ def _conditions(*pairs: tuple[str, Any]) -> tuple[list[str], list[Any]]:
     """The conditions whose value is given (not ``None``), and their parameters."""
     kept = [(condition, value) for condition, value in pairs if value is not None]
     return [c for c, _ in kept], [v for _, v in kept]
+
+
+def _listing_index(f: RecordFilter, scope: str | None) -> str:
+    """The index that yields a filtered listing already in order, scanning the fewest rows."""
+    principal = f.principal or scope
+    if f.session is not None:
+        return "records_session_id_idx"
+    if principal is not None:
+        return "records_principal_model_idx" if f.model is not None else "records_principal_idx"
+    for column, value in (
+        ("model", f.model),
+        ("status", f.status),
+        ("outcome", f.outcome),
+        ("provider", f.provider),
+    ):
+        if value is not None:
+            return f"records_{column}_idx"
+    return "records_ts_idx"
 
 
 def _record_conditions(f: RecordFilter, scope: str | None) -> tuple[list[str], list[Any]]:

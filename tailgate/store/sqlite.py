@@ -104,6 +104,12 @@ class SQLiteStore(SQLStore):
         tx.executemany(_INSERT_RECORD, fresh)
         return {row[0] for row in fresh}
 
+    def _index_hint(self, index: str) -> str:
+        # Without fresh statistics (a new index, a young database) SQLite can pick an index
+        # that matches the filter but not the order, and sort a user's whole history: 2 s at
+        # 10M records instead of 0.4 ms. The choice is clear from the filters, so name it.
+        return f" INDEXED BY {index}"
+
     def _after_purge(self, deleted: int, batch_size: int) -> None:
         if deleted:
             # execute() would free one page per step and stop after the first; a script runs
