@@ -130,6 +130,7 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=1000, help="py-spy samples per second")
     parser.add_argument("--native", action="store_true", help="include C frames (py-spy --native; pauses)")
     parser.add_argument("--switch-interval", type=float, help="GIL switch interval for the gateway, ms")
+    parser.add_argument("--idle", action="store_true", help="include waiting threads (py-spy --idle)")
     parser.add_argument("--gil", action="store_true", help="only samples that hold the GIL (py-spy --gil)")
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -158,6 +159,7 @@ def main() -> int:
                 record += ["--rate", str(args.rate), "--duration", str(int(args.seconds)), "--threads"]
                 record += ["--output", str(raw), *(["--native"] if args.native else ["--nonblocking"])]
                 record += ["--gil"] if args.gil else []
+                record += ["--idle"] if args.idle else []
                 spy_proc = subprocess.Popen(record, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1.0)
                 cpu0 = cpu_seconds(gw.pid)
