@@ -1,12 +1,11 @@
-"""Dollar quota buckets: continuous refill, reservation at admission, settlement at the end.
+"""Quota policy: which buckets a request is charged to, admission and settlement.
 
-A bucket holds a balance in nanodollars that refills continuously at ``rate`` up to
-``capacity``. Admission needs every referenced bucket to be **positive**; it then *reserves*
-the request's estimated cost (deducting it from every bucket), and settlement replaces that
-estimate with the real cost. Each runs inside one atomic store transaction, so concurrent
-requests — in one process or in several sharing a database — cannot all pass on the same last
-dollar. Admissions and settlements that arrive together share one transaction (a batch), applied
-one after the other in arrival order, exactly as if each had its own.
+A request is charged to every bucket its grants name (templates expanded for the caller).
+Admission needs every bucket to be **positive**; it then *reserves* the request's estimated
+cost on each, and settlement replaces that estimate with the real cost — both through the
+:class:`~tailgate.ledger.QuotaLedger`, in atomic store transactions. A quota that cannot be
+used refuses the requests it applies to (429); a store that cannot be asked refuses them too
+(503): quotas fail closed.
 
 Overspend bound (``docs/quotas.md`` has the proof): over any period, what a bucket is charged
 is less than its balance at the start, plus what it refilled, plus the reservation of the last
@@ -16,26 +15,35 @@ request admitted, plus whatever real costs exceeded their estimates.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
-import math
-import re
-import threading
 import time
-from collections import deque
-from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tailgate.config.model import BucketRef, Config, QuotaDef
 from tailgate.config.units import format_dollars, parse_dollars
 from tailgate.errors import BadRequest, GatewayError, NotFound, QuotaExceeded
 from tailgate.identity import Identity
+from tailgate.ledger import (
+    NEVER_REFILLS_RETRY_AFTER,
+    BucketSpec,
+    BucketState,
+    LedgerUnavailable,
+    QuotaIndex,
+    QuotaLedger,
+    Verdict,
+    accrued,
+    now_us,
+    quota_of,
+    refill,
+    retry_after,
+    spec_of,
+)
 
 if TYPE_CHECKING:
     from tailgate.pricing import PriceBook
     from tailgate.routing import Route
-    from tailgate.store import Store
 
 __all__ = [
     "FAIL_CLOSED_RETRY_AFTER",
@@ -48,6 +56,7 @@ __all__ = [
     "QuotaPolicy",
     "QuotaUnavailable",
     "Reservation",
+    "accrued",
     "expand",
     "format_dollars",
     "parse_dollars",
@@ -61,87 +70,7 @@ log = logging.getLogger("tailgate.quotas")
 
 FAIL_CLOSED_RETRY_AFTER = 60
 """Retry-After (seconds) on a request refused because a quota it uses is misconfigured."""
-NEVER_REFILLS_RETRY_AFTER = 86_400
-"""Retry-After (seconds) for an empty bucket that has no refill rate (or no capacity)."""
 _MAX_OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
-_TEMPLATE = re.compile(r"<user>|<node>")
-_US = 1_000_000
-Verdict = concurrent.futures.Future[list["BucketState"]]
-"""An admission's outcome: ``[]`` when admitted, else the exhausted buckets' states."""
-
-
-# -- pure bucket arithmetic ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class BucketSpec:
-    name: str
-    """The expanded bucket name (``daily:alice@example.com``)."""
-    quota: str
-    """The quota definition it comes from (``daily:<user>``)."""
-    capacity: int
-    rate_amount: int
-    rate_period: int
-
-
-@dataclass(slots=True)
-class BucketState:
-    name: str
-    balance: int
-    updated_us: int
-    capacity: int
-    rate_amount: int
-    rate_period: int
-
-
-def accrued(rate_amount: int, rate_period: int, since_us: int, until_us: int) -> int:
-    """Whole nanodollars a rate yields between two instants (0 if ``until_us <= since_us``).
-
-    Nanodollar number *k* of a rate arrives at the fixed instant ``ceil(k * period / amount)``
-    after the Unix epoch, so the amounts of consecutive intervals add up exactly to the
-    amount of their union: refilling often never loses (or invents) a fraction.
-    """
-    if until_us <= since_us or rate_amount <= 0 or rate_period <= 0:
-        return 0
-    period_us = rate_period * _US
-    return until_us * rate_amount // period_us - since_us * rate_amount // period_us
-
-
-def refill(state: BucketState, spec: BucketSpec, now_us: int) -> None:
-    """Bring ``state`` up to ``now_us`` under ``spec``; a changed capacity or rate applies from now.
-
-    Refill is capped at the capacity, and a balance above a (reduced) capacity is cut to it.
-    A clock behind ``state.updated_us`` (another machine's) adds nothing and never moves it back.
-    """
-    if (state.rate_amount, state.rate_period) != (spec.rate_amount, spec.rate_period):
-        _accrue(state, now_us)  # what accrued under the old rate is kept
-        state.rate_amount, state.rate_period = spec.rate_amount, spec.rate_period
-    state.capacity = spec.capacity
-    _accrue(state, now_us)
-    state.balance = min(state.balance, state.capacity)
-
-
-def _accrue(state: BucketState, now_us: int) -> None:
-    if now_us <= state.updated_us:
-        return
-    if state.balance < state.capacity:
-        added = accrued(state.rate_amount, state.rate_period, state.updated_us, now_us)
-        state.balance = min(state.capacity, state.balance + added)
-    state.updated_us = now_us
-
-
-def retry_after(state: BucketState, now_us: int) -> int:
-    """Whole seconds from ``now_us`` until refill makes ``state`` positive (at least 1)."""
-    if state.balance > 0:
-        return 1
-    amount, period = state.rate_amount, state.rate_period
-    if amount <= 0 or period <= 0 or state.capacity <= 0:
-        return NEVER_REFILLS_RETRY_AFTER
-    period_us = period * _US
-    # The first instant t with accrued(updated_us, t) >= 1 - balance, on the epoch grid.
-    target = state.updated_us * amount // period_us + (1 - state.balance)
-    ready_us = -(-target * period_us // amount)
-    return max(1, math.ceil((ready_us - now_us) / _US))
 
 
 def expand(ref: BucketRef, identity: Identity, quotas: Mapping[str, QuotaDef]) -> tuple[str, QuotaDef | None]:
@@ -155,384 +84,6 @@ def expand(ref: BucketRef, identity: Identity, quotas: Mapping[str, QuotaDef]) -
         "<node>", identity.node_id or identity.principal
     )
     return name, quotas.get(ref.template)
-
-
-class QuotaIndex:
-    """Finds the definition an expanded bucket name belongs to (``daily:bob`` → ``daily:<user>``).
-
-    A fixed name matches itself; a template matches any text in place of ``<user>``/``<node>``.
-    When several templates match, the one with the most literal text wins, then the first defined.
-    """
-
-    def __init__(self, quotas: Mapping[str, QuotaDef]) -> None:
-        self.quotas = quotas
-        patterns: list[tuple[int, int, re.Pattern[str], QuotaDef]] = []
-        for name, quota in quotas.items():
-            if _TEMPLATE.search(name):
-                literal = _TEMPLATE.sub("", name)
-                regex = "(.+)".join(re.escape(part) for part in _TEMPLATE.split(name))
-                patterns.append((-len(literal), len(patterns), re.compile(regex), quota))
-        self._patterns = [(p, q) for _, _, p, q in sorted(patterns, key=lambda t: t[:2])]
-
-    def find(self, bucket: str) -> QuotaDef | None:
-        quota = self.quotas.get(bucket)
-        if quota is not None:
-            return quota
-        for pattern, candidate in self._patterns:
-            if pattern.fullmatch(bucket):
-                return candidate
-        return None
-
-
-def quota_of(bucket: str, quotas: Mapping[str, QuotaDef]) -> QuotaDef | None:
-    """The definition an already expanded bucket name belongs to."""
-    return QuotaIndex(quotas).find(bucket)
-
-
-def spec_of(bucket: str, quota: QuotaDef) -> BucketSpec:
-    return BucketSpec(bucket, quota.name, quota.capacity, quota.rate_amount, quota.rate_period)
-
-
-# -- the shared ledger -------------------------------------------------------------------------
-
-
-class LedgerUnavailable(Exception):
-    """The store could not run a quota transaction; ``retry_after`` seconds until the next try."""
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-@dataclass(slots=True)
-class _Admission:
-    specs: Sequence[BucketSpec]
-    amount: int
-    future: Verdict = field(default_factory=concurrent.futures.Future)
-
-
-@dataclass(frozen=True, slots=True)
-class _Settlement:
-    specs: Sequence[BucketSpec]
-    delta: int
-    """Added to every bucket: the reservation given back minus the real cost."""
-
-
-class QuotaLedger:
-    """Bucket balances in the store, changed only by atomic transactions.
-
-    :meth:`submit` (admissions) and :meth:`settle` queue work for one writer thread per ledger,
-    which runs everything queued in one transaction. When the store fails, admissions are
-    refused at once for a short back-off (they never wait on a dead database one by one) and
-    settlements wait in memory until it answers again.
-    """
-
-    MAX_BATCH = 512
-    MAX_PENDING_SETTLEMENTS = 100_000
-    MIN_BACKOFF = 0.5
-    MAX_BACKOFF = 5.0
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._postgres = getattr(store, "backend", "sqlite") == "postgres"
-        self._cond = threading.Condition()
-        self._admissions: deque[_Admission] = deque()
-        self._settlements: deque[_Settlement] = deque()
-        self._busy_since = 0.0
-        """When the batch the writer is running started (``time.monotonic()``); 0 when idle."""
-        self.stall_timeout = 3.0
-        """Seconds an admission may wait for the store before it is refused (503)."""
-        self._down_until = 0.0
-        self._backoff = self.MIN_BACKOFF
-        self._closing = False
-        self._thread: threading.Thread | None = None
-        self.transactions = 0
-        """Quota transactions committed by this ledger (for tests and metrics)."""
-
-    # -- the request path (any thread) ------------------------------------------------------
-
-    def submit(self, specs: Sequence[BucketSpec], amount: int) -> Verdict:
-        """Queue an admission; the future gives ``[]`` when admitted (``amount`` reserved on every
-        bucket), else the exhausted buckets' states; or fails with :class:`LedgerUnavailable`."""
-        admission = _Admission(specs, amount)
-        with self._cond:
-            now = time.monotonic()
-            wait = self._down_until - now
-            if wait <= 0 and self._busy_since and now - self._busy_since > self.stall_timeout:
-                wait = 1  # the store is hanging on the batch before: do not queue behind it
-            if wait > 0:
-                admission.future.set_exception(_unavailable(wait))
-                return admission.future
-            self._admissions.append(admission)
-            self._ensure_thread()
-            self._cond.notify_all()
-        return admission.future
-
-    def settle(self, specs: Sequence[BucketSpec], reserved: int, cost: int) -> None:
-        """Replace a reservation by the real cost (which may take a bucket below zero). Never blocks."""
-        if not specs or reserved == cost:
-            return
-        with self._cond:
-            if len(self._settlements) >= self.MAX_PENDING_SETTLEMENTS:
-                # Dropping one keeps its reservation charged: the buckets err on the safe side.
-                dropped = self._settlements.popleft()
-                log.error("quota settlements backlog full; one of %d nanodollars dropped", -dropped.delta)
-            self._settlements.append(_Settlement(tuple(specs), reserved - cost))
-            self._ensure_thread()
-            self._cond.notify_all()
-
-    def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until everything queued so far is done and every settlement stored.
-
-        ``False`` on timeout (e.g. while the store is down).
-        """
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._settlements or self._busy_since:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
-        return True
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Store queued settlements (waiting at most ``timeout``), then stop the writer thread."""
-        if not self.flush(timeout):
-            log.error("quota settlements not stored at shutdown; their reservations stay charged")
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-
-    # -- the writer thread ----------------------------------------------------------------
-
-    def _ensure_thread(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._closing = False
-            self._thread = threading.Thread(target=self._run, name="tailgate-quotas", daemon=True)
-            self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while True:
-                    if self._closing:
-                        self._fail_queued(LedgerUnavailable("the gateway is shutting down", 1))
-                        return
-                    wait = self._down_until - time.monotonic()
-                    if wait > 0 and self._admissions:
-                        self._fail_queued(_unavailable(wait))
-                    if self._admissions or (self._settlements and wait <= 0):
-                        break
-                    self._cond.wait(wait if self._settlements and wait > 0 else None)
-                admissions = [
-                    a
-                    for a in _take(self._admissions, self.MAX_BATCH)
-                    if a.future.set_running_or_notify_cancel()
-                ]
-                settlements = list(self._settlements)
-                self._settlements.clear()
-                self._busy_since = time.monotonic()
-            self._run_batch(admissions, settlements)
-
-    def _fail_queued(self, error: LedgerUnavailable) -> None:
-        for admission in _take(self._admissions, len(self._admissions)):
-            if admission.future.set_running_or_notify_cancel():
-                admission.future.set_exception(error)
-
-    def _run_batch(self, admissions: list[_Admission], settlements: list[_Settlement]) -> None:
-        try:
-            results = self._transact(admissions, settlements)
-        except Exception as exc:
-            with self._cond:
-                self._settlements.extendleft(reversed(settlements))
-                self._down_until = time.monotonic() + self._backoff
-                error = _unavailable(self._backoff)
-                self._backoff = min(self._backoff * 2, self.MAX_BACKOFF)
-            log.warning(
-                "quota store unavailable (%s): %d admissions refused, %d settlements kept for later",
-                _describe(exc),
-                len(admissions),
-                len(settlements),
-            )
-            for admission in admissions:
-                admission.future.set_exception(error)
-        else:
-            self.transactions += 1
-            self._backoff = self.MIN_BACKOFF
-            # Before the batch counts as done, so a flush also waits for what these give back.
-            for admission, exhausted in zip(admissions, results, strict=True):
-                admission.future.set_result(exhausted)
-        with self._cond:
-            self._busy_since = 0.0
-            self._cond.notify_all()
-
-    # -- transactions ---------------------------------------------------------------------
-
-    def _transact(
-        self, admissions: Sequence[_Admission], settlements: Sequence[_Settlement]
-    ) -> list[list[BucketState]]:
-        """Settle, then admit in order, in one transaction; one result per admission."""
-        specs: dict[str, BucketSpec] = {}
-        for settlement in settlements:
-            for spec in settlement.specs:
-                specs.setdefault(spec.name, spec)
-        admitting: set[str] = set()
-        for admission in admissions:
-            for spec in admission.specs:
-                specs[spec.name] = spec  # the newest configuration's spec wins
-                admitting.add(spec.name)
-
-        def work(tx: Any) -> list[list[BucketState]]:
-            now = _now_us()
-            # Settling a bucket nobody is admitting to needs no new row: its definition may be gone.
-            states = self._load(tx, specs.values(), now, keep=specs.keys() - admitting)
-            for settlement in settlements:
-                for spec in settlement.specs:
-                    state = states.get(spec.name)
-                    if state is not None:
-                        state.balance = min(state.capacity, state.balance + settlement.delta)
-            results = []
-            for admission in admissions:
-                held = [states[s.name] for s in admission.specs]
-                exhausted = [replace(s) for s in held if s.balance <= 0]
-                if not exhausted:
-                    for state in held:
-                        state.balance -= admission.amount
-                results.append(exhausted)
-            self._save(tx, states.values())
-            return results
-
-        return self._store._write(work)  # type: ignore[attr-defined, no-any-return]
-
-    def _load(
-        self,
-        tx: Any,
-        specs: Iterable[BucketSpec],
-        now_us: int,
-        *,
-        create: bool = True,
-        keep: Collection[str] = (),
-    ) -> dict[str, BucketState]:
-        """Lock, read and refill each bucket, in name order (one lock order: no deadlocks).
-
-        A missing bucket is created full (unless ``create`` is false, then skipped). Buckets
-        named in ``keep`` are never created and keep their stored capacity and rate; the others
-        are brought to their spec.
-        """
-        select = (
-            "SELECT balance_nd, updated_at_us, capacity_nd, rate_nd, rate_period_s FROM quota_buckets"
-            " WHERE name = ?" + (" FOR UPDATE" if self._postgres else "")
-        )
-        states: dict[str, BucketState] = {}
-        for spec in sorted(specs, key=lambda s: s.name):
-            rows = tx.execute(select, (spec.name,))
-            applies = spec.name not in keep
-            if not rows and create and applies:
-                tx.execute(
-                    "INSERT INTO quota_buckets (name, balance_nd, updated_at_us, capacity_nd, rate_nd,"
-                    " rate_period_s) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
-                    (spec.name, spec.capacity, now_us, spec.capacity, spec.rate_amount, spec.rate_period),
-                )
-                rows = tx.execute(select, (spec.name,))
-            if not rows:
-                continue
-            state = BucketState(spec.name, *(int(v) for v in rows[0]))
-            refill(state, spec if applies else _stored_spec(state), now_us)
-            states[spec.name] = state
-        return states
-
-    def _save(self, tx: Any, states: Iterable[BucketState]) -> None:
-        for s in states:
-            tx.execute(
-                "UPDATE quota_buckets SET balance_nd = ?, updated_at_us = ?, capacity_nd = ?, rate_nd = ?,"
-                " rate_period_s = ? WHERE name = ?",
-                (s.balance, s.updated_us, s.capacity, s.rate_amount, s.rate_period, s.name),
-            )
-
-    def reserve(self, specs: Sequence[BucketSpec], amount: int) -> list[BucketState]:
-        """Admit and reserve ``amount`` on every bucket, or reserve nothing, in this thread.
-
-        Returns the empty list when admitted, else the states of the exhausted buckets.
-        """
-        return self._transact([_Admission(specs, amount)], [])[0]
-
-    def add(self, spec: BucketSpec, amount: int) -> BucketState:
-        """Refill a bucket by hand, never above its capacity."""
-
-        def work(tx: Any) -> BucketState:
-            state = self._load(tx, [spec], _now_us())[spec.name]
-            state.balance = min(state.capacity, state.balance + amount)
-            self._save(tx, [state])
-            return state
-
-        return self._store._write(work)  # type: ignore[attr-defined, no-any-return]
-
-    def states(self, names: Iterable[str] | None = None) -> list[BucketState]:
-        """Stored bucket states, as last written (callers refill them to now for display)."""
-        rows = self._store._read(  # type: ignore[attr-defined]
-            "SELECT name, balance_nd, updated_at_us, capacity_nd, rate_nd, rate_period_s FROM quota_buckets"
-            " ORDER BY name"
-        )
-        wanted = set(names) if names is not None else None
-        return [
-            BucketState(r[0], int(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]))
-            for r in rows
-            if wanted is None or r[0] in wanted
-        ]
-
-    def apply_definitions(self, quotas: Mapping[str, QuotaDef]) -> None:
-        """Adjust stored buckets to changed definitions; delete those whose definition is gone.
-
-        Buckets of a definition that is present but invalid are kept untouched (a typo must
-        not wipe balances); requests that use them are refused until it is fixed.
-        """
-        index = QuotaIndex(quotas)
-        gone: list[str] = []
-        changed: list[BucketSpec] = []
-        for state in self.states():
-            quota = index.find(state.name)
-            if quota is None:
-                gone.append(state.name)
-            elif quota.invalid is None and (quota.capacity, quota.rate_amount, quota.rate_period) != (
-                state.capacity,
-                state.rate_amount,
-                state.rate_period,
-            ):
-                changed.append(spec_of(state.name, quota))
-
-        def work(tx: Any) -> None:
-            for name in gone:
-                tx.execute("DELETE FROM quota_buckets WHERE name = ?", (name,))
-            if changed:
-                self._save(tx, self._load(tx, changed, _now_us(), create=False).values())
-
-        if gone or changed:
-            self._store._write(work)  # type: ignore[attr-defined]
-            log.info("quota buckets: %d adjusted, %d deleted", len(changed), len(gone))
-
-
-def _take(queue: deque[_Admission], n: int) -> list[_Admission]:
-    return [queue.popleft() for _ in range(min(n, len(queue)))]
-
-
-def _stored_spec(state: BucketState) -> BucketSpec:
-    return BucketSpec(state.name, "", state.capacity, state.rate_amount, state.rate_period)
-
-
-def _unavailable(wait: float) -> LedgerUnavailable:
-    return LedgerUnavailable("the quota store is unavailable", max(1, math.ceil(wait)))
-
-
-def _describe(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 # -- the per-configuration policy --------------------------------------------------------------
@@ -610,7 +161,7 @@ class QuotaPolicy:
         )
         exhausted = await self._verdict(specs, estimate)
         if exhausted:
-            now = _now_us()
+            now = now_us()
             wait = max(retry_after(s, now) for s in exhausted)
             names = ", ".join(s.name for s in exhausted)
             raise QuotaExceeded(
@@ -641,10 +192,11 @@ class QuotaPolicy:
 
     def _release_if_admitted(self, future: Verdict, specs: list[BucketSpec], amount: int) -> None:
         if not future.cancelled() and future.exception() is None and not future.result():
-            self._ledger.settle(specs, amount, 0)
+            self._ledger.settle(specs, amount, 0, wait=False)
 
     def settle(self, reservation: Reservation, cost: int | None) -> None:
-        """Charge the real cost to every bucket of ``reservation``; never blocks, never raises.
+        """Charge the real cost to every bucket of ``reservation``; never raises. Called off the
+        event loop: it waits (briefly) until the charge is stored, unless the store is down.
 
         ``None`` means the answer was served but its cost is unknown: the reservation stays
         charged. ``0`` gives it all back (nothing was served, or the model is unpriced).
@@ -665,7 +217,7 @@ class QuotaPolicy:
 
     def view(self, names: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """Bucket balances refilled to now, for the API and the dashboard."""
-        now = _now_us()
+        now = now_us()
         out = []
         for state in self._ledger.states(names):
             quota = self._index.find(state.name)
