@@ -28,6 +28,7 @@ from tailgate.quotas import (
     QuotaIndex,
     QuotaLedger,
     QuotaPolicy,
+    Reservation,
     accrued,
     expand,
     refill,
@@ -673,5 +674,25 @@ def test_a_client_that_leaves_during_admission_gets_its_reservation_back(tmp_pat
     asyncio.run(leave_early())
     assert ledger.flush(5)
     assert [(s.name, s.balance) for s in ledger.states()] == [("team", ND)]
+    ledger.close()
+    store.close()
+
+
+def test_settlement_charges_the_cost_or_keeps_the_reservation_when_the_cost_is_unknown(
+    tmp_path: Path,
+) -> None:
+    store = open_store(str(tmp_path / "q.db"))
+    store.migrate()
+    ledger = QuotaLedger(store)
+    config = config_from(
+        '{"quotas": {"a": {"capacity": "$1.00"}, "b": {"capacity": "$1.00"}, "c": {"capacity": "$1.00"}}}'
+    )
+    policy = build_runtime(config, ledger, 1).quotas
+    for name, cost in (("a", 300), ("b", 0), ("c", None)):
+        bucket = spec_of(name, config.quotas[name])
+        assert ledger.reserve([bucket], 1000) == []
+        policy.settle(Reservation((bucket,), 1000), cost)
+    # A settlement is stored when settle returns: no flush needed.
+    assert {s.name: ND - s.balance for s in ledger.states()} == {"a": 300, "b": 0, "c": 1000}
     ledger.close()
     store.close()
