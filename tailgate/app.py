@@ -66,8 +66,10 @@ class Gateway:
         self.started_at = time.time()
         self._mount()
         from tailgate.api import register_api
+        from tailgate.metrics import register_metrics
 
         self.mount(register_api)
+        self.metrics = register_metrics(self, self.router)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -98,6 +100,7 @@ class Gateway:
         await self.pool.aclose()
         await self.resolver.aclose()
         await asyncio.to_thread(self.recorder.close, drain_timeout)
+        await asyncio.to_thread(self.ledger.close)
         self.store.close()
 
     def apply_config(self, config: Config) -> None:

@@ -12,6 +12,7 @@
     ├── QuotaExceeded                429  a quota bucket is empty; carries Retry-After
     ├── UpstreamUnreachable          502  connect failure, reset, garbage from the upstream
     ├── IdentityUnavailable          503  the identity source (tailscaled) cannot be asked
+    ├── QuotaUnavailable             503  quota balances cannot be read (the store is down)
     └── UpstreamTimeout              504
 
 Domain code raises these and never builds a response. The edge renders them with
@@ -122,6 +123,20 @@ class IdentityUnavailable(GatewayError):
     openai_code = "identity_unavailable"
     anthropic_type = "api_error"
     gemini_status = "UNAVAILABLE"
+
+
+class QuotaUnavailable(GatewayError):
+    """503: the quota balances cannot be read, so requests that use quotas are refused."""
+
+    status = 503
+    openai_type = "server_error"
+    openai_code = "quota_unavailable"
+    anthropic_type = "api_error"
+    gemini_status = "UNAVAILABLE"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, headers=(("retry-after", str(max(1, retry_after))),))
+        self.retry_after = max(1, retry_after)
 
 
 class UpstreamTimeout(GatewayError):

@@ -81,7 +81,10 @@ def finalize(ex: Exchange) -> Record:
         cost = runtime.prices.cost(route.provider, route.model, usage, at=at)
         cost_nd, cost_basis, price_version = cost.nanodollars, cost.cost_basis, cost.price_version
     if ex.reservation is not None:
-        runtime.quotas.settle(ex.reservation, cost_nd or 0)
+        # Served but no usage seen (an OpenAI stream cut before its usage chunk): the cost is
+        # unknown, so the reservation stays charged rather than letting the answer go free.
+        served_unmetered = usage is None and 200 <= ex.status < 300
+        runtime.quotas.settle(ex.reservation, None if served_unmetered else (cost_nd or 0))
 
     principal = identity.principal if identity is not None else "(unknown)"
     record = Record(

@@ -163,7 +163,7 @@ class Proxy:
         ex.decision = decision
         if not decision.allowed:
             raise AccessDenied(decision.reason)
-        if decision.quotas:
+        if decision.quotas and OPERATIONS[operation].metered:  # counting tokens is free
             ex.reservation = await runtime.quotas.admit(
                 identity, route, decision.quotas, body, len(request.body)
             )

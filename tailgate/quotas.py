@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from tailgate.config.model import BucketRef, Config, QuotaDef
 from tailgate.config.units import format_dollars, parse_dollars
-from tailgate.errors import BadRequest, GatewayError, NotFound, QuotaExceeded
+from tailgate.errors import BadRequest, NotFound, QuotaExceeded, QuotaUnavailable
 from tailgate.identity import Identity
 from tailgate.ledger import (
     NEVER_REFILLS_RETRY_AFTER,
@@ -87,20 +87,6 @@ def expand(ref: BucketRef, identity: Identity, quotas: Mapping[str, QuotaDef]) -
 
 
 # -- the per-configuration policy --------------------------------------------------------------
-
-
-class QuotaUnavailable(GatewayError):
-    """503: the quota balances cannot be read, so requests that use quotas are refused."""
-
-    status = 503
-    openai_type = "server_error"
-    openai_code = "quota_unavailable"
-    anthropic_type = "api_error"
-    gemini_status = "UNAVAILABLE"
-
-    def __init__(self, message: str, *, retry_after: int) -> None:
-        super().__init__(message, headers=(("retry-after", str(max(1, retry_after))),))
-        self.retry_after = max(1, retry_after)
 
 
 @dataclass(frozen=True, slots=True)
