@@ -209,22 +209,30 @@ class Proxy:
         headers = client_response_headers(upstream.headers)
         headers.append((b"x-tailgate-request-id", ex.id.encode()))
         headers.append((b"x-tailgate-overhead-us", b"%d" % (ex.gateway_ns // 1000)))
+        usage_filter = _UsageChunkFilter() if strip_usage else None
+        chunks = ex.response_chunks
+
+        def deliver(chunk: bytes) -> None:
+            if not ex.first_byte_ns:
+                ex.first_byte_ns = time.perf_counter_ns()
+            chunks.append(chunk)
+            conn.write(usage_filter.feed(chunk) if usage_filter is not None else chunk)
+
+        first = upstream.take_buffered()  # usually the whole of a JSON answer: one write
+        if first:
+            ex.first_byte_ns = time.perf_counter_ns()
+            chunks.append(first)
+        fixed = length is not None and length.isdigit() and not strip_usage
         conn.start_response(
             upstream.status,
             headers,
-            int(length) if length is not None and length.isdigit() and not strip_usage else None,
+            int(length) if fixed and length is not None else None,
+            usage_filter.feed(first) if usage_filter is not None and first else first,
         )
-        usage_filter = _UsageChunkFilter() if strip_usage else None
-        chunks = ex.response_chunks
         try:
-            while (chunk := await upstream.next_chunk()) is not None:
-                if not ex.first_byte_ns:
-                    ex.first_byte_ns = time.perf_counter_ns()
-                chunks.append(chunk)
-                conn.write(usage_filter.feed(chunk) if usage_filter is not None else chunk)
-                await conn.drain()
+            await upstream.relay(deliver, conn)
         except (UpstreamClosed, UpstreamTimeout) as exc:
-            self._died_mid_stream(conn, ex, exc, is_sse, chunked=length is None or strip_usage)
+            self._died_mid_stream(conn, ex, exc, is_sse, chunked=not fixed)
             return
         if usage_filter is not None:
             conn.write(usage_filter.flush())

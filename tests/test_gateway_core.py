@@ -527,3 +527,50 @@ def test_responses_websocket_is_refused_at_once(gw: RunningGateway) -> None:
     )
     assert status == 426
     assert "POST /v1/responses" in orjson.loads(data)["error"]["message"]
+
+
+def test_upstream_silence_mid_stream_ends_with_a_timeout_event(
+    mock_upstream: MockUpstream, tmp_path: Path
+) -> None:
+    config = core_config(mock_upstream.base_url, server='"server": {"upstream_timeout": 0.3},')
+    with running_gateway(config, tmp_path) as gw:
+        status, _, data = request(
+            gw,
+            "POST",
+            "/v1/messages",
+            {**MESSAGES, "stream": True},
+            {"x-mock-scenario": "chunk_delay=1500,chunks=3"},
+        )
+    assert status == 200
+    assert data.startswith(b"event: message_start")
+    error = data[data.index(b"event: error") :]
+    assert b'"type":"timeout_error"' in error and b"0.3 seconds" in error
+
+
+def test_a_slow_client_gets_every_byte_in_order(gw: RunningGateway, mock_upstream: MockUpstream) -> None:
+    body = orjson.dumps({**CHAT, "stream": True, "stream_options": {"include_usage": True}})
+    sock = socket.create_connection(("127.0.0.1", gw.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        b"x-mock-scenario: chunks=6000\r\ncontent-length: %d\r\n\r\n%b" % (len(body), body)
+    )
+    received = bytearray()
+    time.sleep(0.3)  # nobody reads for a while: the gateway's buffers fill
+    sock.settimeout(10)
+    while chunk := sock.recv(65536):
+        received += chunk
+    sock.close()
+    head, _, chunked = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    decoded = bytearray()
+    while True:
+        size_line, _, rest = chunked.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        decoded += rest[:size]
+        chunked = rest[size + 2 :]
+    upstream = mock_upstream.responses[-1]
+    assert len(upstream) > 400_000
+    assert bytes(decoded) == upstream

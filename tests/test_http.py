@@ -316,3 +316,53 @@ def test_shutdown_lets_a_stream_in_progress_finish() -> None:
     assert rest.endswith(b"data: 5\n\n\r\n0\r\n\r\n")
     assert b"connection: close" not in rest  # the head was sent before the shutdown began
     assert idle_closed
+
+
+class _Flow:
+    """A client side that cannot take more until released."""
+
+    def __init__(self) -> None:
+        self.writing_paused = True
+        self.callbacks: list[Callable[[], None]] = []
+
+    def call_when_writable(self, callback: Callable[[], None]) -> None:
+        self.callbacks.append(callback)
+
+    def release(self) -> None:
+        self.writing_paused = False
+        callbacks, self.callbacks = self.callbacks, []
+        for callback in callbacks:
+            callback()
+
+
+def test_relay_pauses_the_upstream_while_the_client_cannot_keep_up() -> None:
+    part = b"x" * 65536
+    parts = 64  # 4 MiB, far more than the socket buffers hold
+
+    async def big(request: Request) -> None:
+        request.conn.start_response(200, [(b"content-type", b"application/octet-stream")])
+        for _ in range(parts):
+            request.conn.write(part)
+            await request.conn.drain()
+        request.conn.finish()
+
+    async def scenario() -> tuple[int, int, int]:
+        server, port = await _serve(big)
+        pool = UpstreamPool()
+        response = await _get(pool, port, 5)
+        received: list[bytes] = []
+        flow = _Flow()
+        relay = asyncio.ensure_future(response.relay(received.append, flow))
+        await asyncio.sleep(0.3)
+        while_paused = sum(map(len, received))
+        assert not relay.done() and flow.callbacks  # reading stopped, waiting for the client
+        flow.writing_paused = False
+        flow.release()
+        await asyncio.wait_for(relay, 10)
+        await pool.aclose()
+        await server.close()
+        return while_paused, sum(map(len, received)), len(b"".join(received).replace(b"x", b""))
+
+    while_paused, total, other = asyncio.run(scenario())
+    assert total == len(part) * parts and other == 0
+    assert while_paused < total // 2

@@ -13,8 +13,9 @@ import contextlib
 import socket
 import ssl
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Protocol, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -24,7 +25,7 @@ from tailgate.http.messages import Headers
 
 _READ_HIGH_WATER = 1024 * 1024
 _IDLE_KEEPALIVE = 50.0
-_MAX_IDLE_PER_ORIGIN = 64
+_MAX_IDLE_PER_ORIGIN = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,15 @@ class UpstreamClosed(Exception):
     """The upstream connection ended before the response was complete."""
 
 
+class FlowControl(Protocol):
+    """The client side of a relay: whether it can take more, and a call when it can again."""
+
+    @property
+    def writing_paused(self) -> bool: ...
+
+    def call_when_writable(self, callback: Callable[[], None]) -> None: ...
+
+
 class _UpstreamProtocol(asyncio.Protocol):
     """One upstream connection: writes a request, parses the response, buffers body chunks."""
 
@@ -75,6 +85,9 @@ class _UpstreamProtocol(asyncio.Protocol):
         self.reading_paused = False
         self.keep_alive = True
         self.idle_handle: asyncio.TimerHandle | None = None
+        self.sink: Callable[[bytes], None] | None = None
+        self.flow: FlowControl | None = None
+        self.last_activity = 0.0
 
     def reset(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
@@ -131,6 +144,22 @@ class _UpstreamProtocol(asyncio.Protocol):
             waiter.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        sink = self.sink
+        if sink is not None:
+            self.last_activity = self.loop.time()
+            try:
+                sink(body)
+            except Exception as exc:  # a bug in the sink must not leave the relay hanging
+                self.error = exc
+                self.sink = None
+                self._wake()
+                return
+            flow = self.flow
+            if flow is not None and flow.writing_paused and not self.reading_paused and self.transport:
+                self.reading_paused = True
+                self.transport.pause_reading()
+                flow.call_when_writable(self.resume_reading)
+            return
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered > _READ_HIGH_WATER and not self.reading_paused and self.transport is not None:
@@ -143,6 +172,11 @@ class _UpstreamProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self.complete = True
         self._wake()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = False
+            self.transport.resume_reading()
 
     def _wake(self) -> None:
         for waiter in (self.head_waiter, self.body_waiter):
@@ -207,6 +241,67 @@ class UpstreamResponse:
             finally:
                 handle.cancel()
                 conn.body_waiter = None
+
+    def take_buffered(self) -> bytes:
+        """The body bytes already received (typically with the head), without waiting."""
+        conn = self._conn
+        if not conn.chunks:
+            return b""
+        data = conn.chunks.popleft() if len(conn.chunks) == 1 else b"".join(conn.chunks)
+        conn.chunks.clear()
+        conn.buffered = 0
+        conn.resume_reading()
+        return data
+
+    async def relay(self, deliver: Callable[[bytes], None], flow: FlowControl) -> None:
+        """Hand every remaining body chunk to ``deliver`` as it arrives, until the body ends.
+
+        Chunks are delivered from the connection's ``data_received`` itself: the awaiting task
+        wakes once, at the end, not per chunk. When ``flow`` (the client side) cannot take more,
+        reading from the upstream pauses until it can. Raises like :meth:`next_chunk`.
+        """
+        conn = self._conn
+        buffered = self.take_buffered()
+        if buffered:
+            deliver(buffered)
+        if conn.complete:
+            self._finish()
+            return
+        if conn.error is not None:
+            self._done = True
+            self._pool._discard(conn)
+            raise conn.error
+        loop = conn.loop
+        waiter = loop.create_future()
+        conn.body_waiter = waiter
+        conn.sink, conn.flow = deliver, flow
+        conn.last_activity = loop.time()
+        timeout = self._timeout
+        handle: list[asyncio.TimerHandle] = []
+
+        def check_idle() -> None:
+            idle = loop.time() - conn.last_activity
+            if conn.reading_paused or idle < timeout:  # paused by the client, not the upstream
+                handle[0] = loop.call_later(timeout - idle if idle < timeout else timeout, check_idle)
+            elif not waiter.done():
+                waiter.set_exception(TimeoutError())
+
+        handle.append(loop.call_later(timeout, check_idle))
+        try:
+            await waiter
+        except TimeoutError as exc:
+            self.close()
+            raise UpstreamTimeout(f"the upstream sent nothing for {timeout:g} seconds") from exc
+        finally:
+            handle[0].cancel()
+            conn.sink = conn.flow = None
+            conn.body_waiter = None
+        if conn.complete:
+            self._finish()
+            return
+        self._done = True
+        self._pool._discard(conn)
+        raise conn.error or UpstreamClosed("upstream closed the connection")
 
     async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
         parts: list[bytes] = []

@@ -99,6 +99,7 @@ class Connection(asyncio.Protocol):
         "_tracker",
         "_upgrade",
         "_url",
+        "_when_writable",
         "draining",
         "identity_cache",
         "listener",
@@ -143,6 +144,7 @@ class Connection(asyncio.Protocol):
         self._closed = False
         self._paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
+        self._when_writable: list[Callable[[], None]] = []
         self._head_sent = False
         self._chunked = False
         self._keep_alive = True
@@ -198,6 +200,10 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused = False
+        if self._when_writable:
+            callbacks, self._when_writable = self._when_writable, []
+            for callback in callbacks:
+                callback()
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -336,6 +342,18 @@ class Connection(asyncio.Protocol):
         return self._closed
 
     @property
+    def writing_paused(self) -> bool:
+        """The client is slower than we write: its socket buffer is over the high-water mark."""
+        return self._paused
+
+    def call_when_writable(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the client can take more (at once if it already can)."""
+        if self._paused and not self._closed:
+            self._when_writable.append(callback)
+        else:
+            callback()
+
+    @property
     def busy(self) -> bool:
         """A request is being answered on this connection."""
         return self._current is not None
@@ -372,10 +390,13 @@ class Connection(asyncio.Protocol):
         else:
             self.transport.write(head + body)
 
-    def start_response(self, status: int, headers: Headers, content_length: int | None = None) -> None:
+    def start_response(
+        self, status: int, headers: Headers, content_length: int | None = None, body: bytes = b""
+    ) -> None:
         """Write the response head; the body follows with :meth:`write` and ends with :meth:`finish`.
 
-        Without ``content_length`` the body is sent with chunked transfer encoding.
+        Without ``content_length`` the body is sent with chunked transfer encoding. ``body`` is
+        the start of the body, sent in the same write as the head.
         """
         if self._closed or self.transport is None:
             return
@@ -386,7 +407,13 @@ class Connection(asyncio.Protocol):
         else:
             self._chunked = False
             framing = b"content-length: %d\r\n" % content_length
-        self.transport.write(self._head(status, headers, framing))
+        head = self._head(status, headers, framing)
+        if not body or self._request_method == "HEAD":
+            self.transport.write(head)
+        elif self._chunked:
+            self.transport.write(b"%b%x\r\n%b\r\n" % (head, len(body), body))
+        else:
+            self.transport.write(head + body)
 
     def write(self, data: bytes) -> None:
         if self._closed or self.transport is None or not data or self._request_method == "HEAD":
