@@ -8,6 +8,7 @@ provider, status or outcome lists requests (sessions have no such columns).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 from urllib.parse import quote
@@ -15,7 +16,7 @@ from urllib.parse import quote
 from tailgate.errors import BadRequest, NotFound
 from tailgate.http.messages import Request, Response
 from tailgate.record import Outcome, Record
-from tailgate.store import Page, RecordFilter, SessionFilter, SessionSummary, Store, Totals
+from tailgate.store import Page, RecordFilter, SessionFilter, SessionSummary, Store, Totals, UsageQuery
 from tailgate.store.sql import record_totals
 from tailgate.usage import Usage
 from tailgate.web import format
@@ -28,6 +29,7 @@ SESSION_SCAN_PAGES = 20
 """A session's header sums at most this many pages of 1000 requests (then says "at least")."""
 BODY_LIMIT = 512 * 1024
 PRINCIPALS_LISTED = 500
+SUGGESTION_DAYS = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,9 +119,13 @@ class Listing:
 def load_listing(store: Store, filters: LogFilters, cursor: str | None, viewer_scope: str | None) -> Listing:
     principals: list[str] = []
     if viewer_scope is None:
-        rows = store.usage(
-            filters.window.usage_query(), ("principal",), order="requests", limit=PRINCIPALS_LISTED
-        )
+        # Suggestions for the principal filter: those active in the range, or in the last 30 days
+        # when the range is open (all time would read every roll-up row for a hint).
+        query = filters.window.usage_query()
+        if query.since is None:
+            today = datetime.now(UTC).date()
+            query = UsageQuery(since=today - timedelta(days=SUGGESTION_DAYS), until=query.until)
+        rows = store.usage(query, ("principal",), order="requests", limit=PRINCIPALS_LISTED)
         principals = [r.principal for r in rows if r.principal]
     if filters.view == "requests":
         page = store.list_records(filters.records(), limit=PAGE_SIZE, cursor=cursor, scope=viewer_scope)
