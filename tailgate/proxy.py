@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from tailgate.demo import demo_answer
 from tailgate.dialects import OPERATIONS, Dialect, Operation
 from tailgate.errors import (
     AccessDenied,
@@ -256,8 +257,6 @@ class Proxy:
             conn.abort()  # a fixed-length answer cannot be completed: the client must see a failure
 
     def _answer_demo(self, request: Request, ex: Exchange, route: Route, body: dict[str, Any]) -> None:
-        from tailgate.demo import demo_answer
-
         operation = ex.operation
         assert operation is not None
         ex.gateway_ns = time.perf_counter_ns() - ex.started_ns
