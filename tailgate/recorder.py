@@ -4,7 +4,9 @@ The request path calls :meth:`Recorder.submit` and moves on. A writer thread tur
 records (``prepare``), and stores them in batches. When the store is slow the items wait in a
 bounded buffer; when the buffer overflows or a write fails, batches go to a local spool file
 that is replayed once the store answers again (and at start-up, after a crash or an outage
-that outlived the process). Nothing is lost short of the disk failing.
+that outlived the process). Each worker process has its own spool; a worker also replays the
+spools of workers that a restart with fewer workers left behind (:func:`spool_paths`). Nothing
+is lost short of the disk failing.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import struct
 import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Generic, TypeVar
 
@@ -38,6 +41,28 @@ T = TypeVar("T")
 
 _HEADER = struct.Struct(">II")  # payload length, crc32 of the payload
 _MAX_FRAME = 1 << 30
+_WORKER_SPOOL = re.compile(r"spool-([0-9]+)\.bin(?:\.replaying)?")
+
+
+def spool_name(worker: int) -> str:
+    """The file name of worker ``worker``'s spool: ``spool.bin``, ``spool-1.bin``, …"""
+    return "spool.bin" if worker == 0 else f"spool-{worker}.bin"
+
+
+def spool_paths(directory: str, worker: int, workers: int) -> tuple[str, list[str]]:
+    """Worker ``worker``'s own spool in ``directory``, and the spools it adopts.
+
+    A spool left by worker ``j >= workers`` (the gateway ran with more workers before) is
+    adopted by worker ``j % workers``, so each has one adopter.
+    """
+    adopted = set()
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(directory):
+            match = _WORKER_SPOOL.fullmatch(name)
+            if match and (j := int(match.group(1))) >= workers and j % workers == worker:
+                adopted.add(j)
+    own = os.path.join(directory, spool_name(worker))
+    return own, [os.path.join(directory, spool_name(j)) for j in sorted(adopted)]
 
 
 @dataclass(slots=True)
@@ -179,6 +204,7 @@ class Recorder(Generic[T]):
         prepare: Callable[[T], Record],
         *,
         spool_path: str,
+        adopt: Sequence[str] = (),
         batch_size: int = 500,
         flush_interval: float = 0.05,
         buffer_limit: int = 50_000,
@@ -196,6 +222,8 @@ class Recorder(Generic[T]):
         self.max_backoff = max_backoff
         self.stats = RecorderStats()
         self._spool = Spool(spool_path)
+        self._adopted = list(adopt)
+        """Other processes' spools still to replay; each is locked only while it is replayed."""
         self._queue: deque[T] = deque()
         self._wake = threading.Event()
         self._overflow = threading.Event()
@@ -236,12 +264,12 @@ class Recorder(Generic[T]):
             self._threads.append(thread)
 
     def flush(self, timeout: float) -> bool:
-        """Wait until everything submitted so far is in the store; ``False`` on timeout."""
+        """Wait until everything submitted so far, and every spool, is in the store; ``False`` on timeout."""
         target = self.stats.submitted
         deadline = time.monotonic() + timeout
         self._wake.set()
         with self._settled:
-            while self._handled < target or self._spool.pending:
+            while self._handled < target or self._spooled:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -270,7 +298,7 @@ class Recorder(Generic[T]):
         next_probe = 0.0
         while True:
             now = time.monotonic()
-            if (not self._up or self._spool.pending) and now >= next_probe and not self._closing:
+            if (not self._up or self._spooled) and now >= next_probe and not self._closing:
                 try:
                     self._replay()
                     self._up, backoff = True, self._min_backoff
@@ -283,7 +311,7 @@ class Recorder(Generic[T]):
             if not batch:
                 if self._closing:
                     return
-                idle = self._up and not self._spool.pending and self._purge_step()
+                idle = self._up and not self._spooled and self._purge_step()
                 if not idle:
                     wait = self.flush_interval if self._up else min(self.flush_interval, next_probe - now)
                     self._wake.wait(max(wait, 0.001))
@@ -308,6 +336,11 @@ class Recorder(Generic[T]):
     def _min_backoff(self) -> float:
         return min(0.1, self.max_backoff)
 
+    @property
+    def _spooled(self) -> bool:
+        """Whether a spool (this process's or an adopted one) may hold records not yet stored."""
+        return bool(self._adopted) or self._spool.pending
+
     def _replay(self) -> None:
         def store(records: list[Record]) -> None:
             self.store.insert_records(records)
@@ -316,8 +349,24 @@ class Recorder(Generic[T]):
         if self._spool.pending:
             replayed = self._spool.replay(store, self.batch_size)
             log.info("replayed %d spooled records into the store", replayed)
-            with self._settled:
-                self._settled.notify_all()
+        while self._adopted:
+            path = self._adopted[0]
+            try:
+                spool = Spool(path)
+            except RuntimeError:
+                # Its worker runs again, or another process adopted it: theirs to replay.
+                log.info("spool %s is in use by another process; leaving it to that process", path)
+            else:
+                try:
+                    replayed = spool.replay(store, self.batch_size)
+                finally:
+                    spool.close()
+                log.info(
+                    "replayed %d records from %s, the spool of a worker that no longer runs", replayed, path
+                )
+            self._adopted.pop(0)
+        with self._settled:
+            self._settled.notify_all()
 
     def _purge_step(self) -> bool:
         """Run one purge batch when one is due; ``True`` if it did some work."""

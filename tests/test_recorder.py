@@ -17,7 +17,7 @@ import pytest
 
 from tailgate.config.model import Retention
 from tailgate.record import Record
-from tailgate.recorder import Recorder, Spool
+from tailgate.recorder import Recorder, Spool, spool_name, spool_paths
 from tailgate.store import PostgresStore, RecordFilter, SessionFilter, SQLiteStore, UsageQuery, open_store
 from tailgate.store.sql import SQLStore
 from tests.pg import HOST, PORT, TcpProxy, new_schema_url, pg_admin_url, sample_record, store, store_url
@@ -292,3 +292,77 @@ def test_two_processes_share_one_database(store: SQLStore, store_url: str, tmp_p
     assert requests_in_rollups(store) == 2 * n
     sessions = store.list_sessions(SessionFilter(), limit=1000).items
     assert sum(s.totals.requests for s in sessions) == 2 * n
+
+
+# -- spools of workers that no longer run ----------------------------------------------------------
+
+
+def test_each_missing_workers_spool_has_one_adopter(tmp_path: Path) -> None:
+    for name in ("spool.bin", "spool-1.bin", "spool-2.bin", "spool-3.bin.replaying", "spool-7.bin"):
+        (tmp_path / name).write_bytes(b"")
+    for name in ("spool-2.bin.lock", "spool-x.bin", "other-5.bin", "spool-5.bin.old"):
+        (tmp_path / name).write_bytes(b"")
+    d = str(tmp_path)
+    assert spool_paths(d, 0, 2) == (f"{d}/spool.bin", [f"{d}/spool-2.bin"])
+    assert spool_paths(d, 1, 2) == (f"{d}/spool-1.bin", [f"{d}/spool-3.bin", f"{d}/spool-7.bin"])
+    assert spool_paths(d, 0, 1)[1] == [f"{d}/spool-{j}.bin" for j in (1, 2, 3, 7)]
+    assert spool_paths(d, 2, 8) == (f"{d}/spool-2.bin", [])
+    assert spool_paths(f"{d}/missing", 0, 1) == (f"{d}/missing/spool.bin", [])
+
+
+def test_fewer_workers_replay_the_spools_of_the_missing_ones(store: SQLStore, tmp_path: Path) -> None:
+    # Four workers ran while the store was down, then the gateway restarts with two.
+    records = {
+        w: [sample_record(i, T0 + i, prefix=f"w{w}", capture=True) for i in range(60)] for w in range(4)
+    }
+    for w in range(4):
+        down = recorder(DownStore(), tmp_path, spool_name(w))
+        down.start()
+        for r in records[w]:
+            down.submit(r)
+        down.close(5)
+        assert down.stats.spooled == 60
+    (tmp_path / "spool-3.bin").rename(tmp_path / "spool-3.bin.replaying")  # died while replaying
+    workers = []
+    for w in range(2):
+        own, adopted = spool_paths(str(tmp_path), w, 2)
+        workers.append(
+            Recorder(store, same, spool_path=own, adopt=adopted, batch_size=50, flush_interval=0.01)
+        )
+    for rec in workers:
+        rec.start()
+    for rec in workers:
+        assert rec.flush(10)
+        rec.close(5)
+    assert [rec.stats.replayed for rec in workers] == [120, 120]
+    assert stored_ids(store) == sorted(r.id for w in range(4) for r in records[w])
+    assert requests_in_rollups(store) == 240
+    assert store.get_record(records[3][5].id) == records[3][5]
+    # Only lock files stay (removing one could let two processes lock different files).
+    assert sorted(p.name for p in tmp_path.glob("*.bin*") if p.suffix != ".lock") == []
+
+
+def test_an_adopted_spool_is_replayed_by_one_process_only(store: SQLStore, tmp_path: Path) -> None:
+    records = [sample_record(i, T0 + i) for i in range(80)]
+    left = Spool(str(tmp_path / "spool-5.bin"))
+    left.append(records)
+    left.close()
+    slow = GatedStore(store)
+    first = recorder(slow, tmp_path, "spool.bin", adopt=[str(tmp_path / "spool-5.bin")])
+    first.start()
+    for _ in range(500):  # at most 5 s, until the first is replaying (and holds the lock)
+        if os.path.exists(tmp_path / "spool-5.bin.replaying"):
+            break
+        time.sleep(0.01)
+    # A second process told to adopt it too (say, a misconfigured worker count) leaves it alone.
+    second = recorder(store, tmp_path, "spool-1.bin", adopt=[str(tmp_path / "spool-5.bin")])
+    second.start()
+    assert second.flush(10)
+    second.close(5)
+    assert second.stats.replayed == 0 and stored_ids(store) == []
+    slow.gate.set()
+    assert first.flush(10)
+    first.close(5)
+    assert first.stats.replayed == 80
+    assert stored_ids(store) == sorted(r.id for r in records)
+    assert not os.path.exists(tmp_path / "spool-5.bin.replaying")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import defaultdict
+from dataclasses import replace
 from datetime import UTC, date, datetime
 
 import pytest
@@ -23,9 +25,10 @@ from tailgate.store import (
     default_database_path,
     open_store,
 )
+from tailgate.store.base import USAGE_ROW_COLUMNS
 from tailgate.store.migrations import migration_names
 from tailgate.store.serialize import RECORD_COLUMNS, record_row
-from tailgate.store.sql import SQLStore
+from tailgate.store.sql import SQLStore, Tx
 from tests.pg import DAY_MS, PRINCIPALS, pg_admin_url, sample_record, store, store_url
 
 __all__ = ["pg_admin_url", "store", "store_url"]
@@ -201,6 +204,18 @@ def test_record_round_trips_with_its_capture(store: SQLStore) -> None:
     assert store.get_record(records[0].id, scope=PRINCIPALS[0]).id == records[0].id
 
 
+def test_a_partly_stored_batch_adds_only_its_new_records(store: SQLStore) -> None:
+    records = spread(120, step=600_000)  # twenty hours: several days' roll-ups, long sessions
+    stored_before = records[10:80:3]
+    assert store.insert_records(stored_before) == len(stored_before)
+    # A replay: newest first, overlapping what is stored, with duplicates inside the batch.
+    batch = list(reversed(records)) + records[:5] + stored_before[:2]
+    assert store.insert_records(batch) == len(records) - len(stored_before)
+    assert_sums_match(store, records)
+    assert store.insert_records(batch) == 0
+    assert_sums_match(store, records)
+
+
 # -- reading the log ----------------------------------------------------------------------
 
 
@@ -335,6 +350,66 @@ def test_rollups_match_the_records(store: SQLStore) -> None:
         store.usage(UsageQuery(), ("agent",))  # type: ignore[arg-type]
 
 
+def assert_sums_match(store: SQLStore, records: list[Record]) -> None:
+    """The roll-ups and sessions are what ``records`` add up to, exactly."""
+    groups: dict[tuple[date, str, str, str], list[Record]] = defaultdict(list)
+    sessions: dict[tuple[str, str], list[Record]] = defaultdict(list)
+    for r in records:
+        groups[(_utc_day(r.ts_ms), r.principal, r.model or "", r.provider or "")].append(r)
+        if r.session_id is not None:
+            sessions[(r.principal, r.session_id)].append(r)
+    rows = store.usage(UsageQuery(), ("day", "principal", "model", "provider"))
+    assert [(row.day, row.principal, row.model, row.provider) for row in rows] == sorted(groups)
+    for row in rows:
+        assert row.day is not None and row.principal is not None and row.model and row.provider
+        assert as_dict(row.totals) == expected_totals(
+            groups[(row.day, row.principal, row.model, row.provider)]
+        )
+    listed = store.list_sessions(SessionFilter(), limit=1000).items
+    assert len(listed) == len(sessions)
+    for s in listed:
+        mine = sorted(sessions[(s.principal, s.session_id)], key=lambda r: (r.ts_ms, r.id))
+        assert (s.first_ts_ms, s.last_ts_ms) == (mine[0].ts_ms, mine[-1].ts_ms)
+        assert (s.user_agent, s.last_model) == (mine[0].user_agent, mine[-1].model)
+        assert as_dict(s.totals) == expected_totals(mine)
+
+
+def test_usage_rows_are_the_export_columns_in_key_order(store: SQLStore) -> None:
+    records = spread(200)  # about eight days
+    store.insert_records(records)
+    unrouted = replace(sample_record(999, T0 + 3 * DAY_MS, prefix="x"), provider=None, model=None)
+    store.insert_records([unrouted])
+    week = UsageQuery(since=date(2026, 1, 2), until=date(2026, 1, 6))
+    order = ("day", "principal", "model", "provider")
+    for query, scope in (
+        (week, None),
+        (UsageQuery(), PRINCIPALS[1]),
+        (UsageQuery(principal=PRINCIPALS[2]), None),
+    ):
+        expected = [
+            (
+                row.day.isoformat() if row.day else None,
+                row.principal,
+                row.provider or "",
+                row.model or "",
+                row.totals.requests,
+                row.totals.input_tokens,
+                row.totals.output_tokens,
+                row.totals.cache_read_tokens,
+                row.totals.cache_write_tokens,
+                row.totals.reasoning_tokens,
+                row.totals.cost_nd,
+                row.totals.unpriced,
+            )
+            for row in store.usage(query, order, scope=scope)
+        ]
+        assert expected and store.usage_rows(query, scope=scope) == expected
+    assert len(USAGE_ROW_COLUMNS) == len(expected[0])
+    assert {row[1] for row in store.usage_rows(UsageQuery(), scope=PRINCIPALS[1])} == {PRINCIPALS[1]}
+    assert store.usage_rows(UsageQuery(principal=PRINCIPALS[0]), scope=PRINCIPALS[1]) == []
+    assert store.usage_rows(UsageQuery(since=date(2027, 1, 1))) == []
+
+
 def _utc_day(ts_ms: int) -> date:
     return date.fromordinal(date(1970, 1, 1).toordinal() + ts_ms // DAY_MS)
 
@@ -371,6 +446,75 @@ def test_sessions_have_totals_and_page_newest_first(store: SQLStore) -> None:
     one = listed[0]
     requests = all_pages(store, RecordFilter(session=one.session_id), 5, scope=one.principal)
     assert requests == newest_first(by_session[(one.principal, one.session_id)])
+
+
+# -- one writer per process (SQLite) ----------------------------------------------------------
+
+
+def test_writers_in_one_process_queue_on_a_lock_not_in_sqlite(tmp_path: str) -> None:
+    # SQLite's busy handler would give up after 50 ms; the second writer waits 300 ms and succeeds.
+    path = f"{tmp_path}/w.db"
+    first = SQLiteStore(path, busy_timeout=0.05)
+    first.migrate()
+    second = SQLiteStore(path, busy_timeout=0.05)
+    inside = threading.Event()
+
+    def slow(tx: Tx) -> None:
+        inside.set()
+        time.sleep(0.3)
+        tx.executemany("INSERT INTO quota_buckets VALUES (?, 1, 0, 1, 0, 1)", [("a",), ("b",)])
+
+    writer = threading.Thread(target=first.transaction, args=(slow,))
+    writer.start()
+    assert inside.wait(5)
+    started = time.monotonic()
+    assert second.insert_records(spread(5)) == 5
+    second._write(lambda tx: tx.execute("INSERT INTO quota_buckets VALUES ('c', 1, 0, 1, 0, 1)"))
+    waited = time.monotonic() - started
+    writer.join(5)
+    assert 0.1 < waited < 2
+    assert [row[0] for row in second.read("SELECT name FROM quota_buckets ORDER BY name")] == ["a", "b", "c"]
+    first.close()
+    second.close()
+
+
+def test_close_waits_for_other_threads_then_refuses_them(tmp_path: str) -> None:
+    path = f"{tmp_path}/c.db"
+    store = SQLiteStore(path)
+    store.migrate()
+    inside, go = threading.Event(), threading.Event()
+    results: list[object] = []
+
+    def work(tx: Tx) -> str:
+        inside.set()
+        go.wait(5)
+        tx.execute("INSERT INTO quota_buckets VALUES ('a', 1, 0, 1, 0, 1)")
+        return "committed"
+
+    def thread() -> None:
+        results.append(store.transaction(work))
+        try:
+            store.read("SELECT 1")
+        except RuntimeError as e:
+            results.append(e)
+
+    worker = threading.Thread(target=thread)
+    worker.start()
+    assert inside.wait(5)
+    closer = threading.Thread(target=store.close)
+    closer.start()
+    closer.join(0.2)
+    assert closer.is_alive()  # it waits for the transaction another thread is running
+    go.set()
+    closer.join(10)
+    worker.join(10)
+    assert results[0] == "committed"
+    assert isinstance(results[1], RuntimeError)
+    with pytest.raises(RuntimeError, match="closed"):
+        store.read("SELECT 1")
+    reopened = SQLiteStore(path)
+    assert reopened.read("SELECT name FROM quota_buckets") == [("a",)]
+    reopened.close()
 
 
 # -- retention ------------------------------------------------------------------------------

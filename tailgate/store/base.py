@@ -7,16 +7,18 @@ sees only their own data). A record that exists outside the scope is reported as
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from tailgate.config.model import Retention
 from tailgate.identity.keys import KeyStore
 from tailgate.record import Record
 
 T = TypeVar("T")
+R = TypeVar("R")
+Row = tuple[Any, ...]
 
 UsageDimension = Literal["day", "principal", "provider", "model"]
 USAGE_DIMENSIONS: tuple[UsageDimension, ...] = ("day", "principal", "provider", "model")
@@ -113,8 +115,45 @@ class SessionSummary:
     user_agent: str | None = None
 
 
+USAGE_ROW_COLUMNS = (
+    "day",
+    "principal",
+    "provider",
+    "model",
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_nd",
+    "unpriced",
+)
+"""The columns of :meth:`Store.usage_rows`: ``day`` is ISO text (``2026-01-31``), ``provider`` and
+``model`` are ``""`` when the requests had none, the rest are integers."""
+
+
+class Tx(Protocol):
+    """One open transaction (or autocommit connection) of a backend; ``?`` placeholders."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+
 class Store(KeyStore, Protocol):
     """The request log, roll-ups, sessions and gateway API keys."""
+
+    def transaction(self, work: Callable[[Tx], R]) -> R:
+        """Run ``work`` in one write transaction, committed if it returns, rolled back if it raises.
+
+        Within one process, write transactions on a SQLite file run one at a time.
+        """
+        ...
+
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """The rows of one read-only statement, outside any transaction."""
+        ...
 
     def migrate(self, upto: str | None = None) -> list[str]:
         """Apply pending migrations (through ``upto`` when given); return the names applied."""
@@ -161,6 +200,14 @@ class Store(KeyStore, Protocol):
 
     def active_principals(self, query: UsageQuery, *, scope: str | None = None) -> list[tuple[date, int]]:
         """How many distinct principals made requests, per UTC day, oldest day first."""
+        ...
+
+    def usage_rows(self, query: UsageQuery, *, scope: str | None = None) -> list[Row]:
+        """One tuple of :data:`USAGE_ROW_COLUMNS` per day, principal, provider and model, for exports.
+
+        Ordered by day, principal, model, provider (the roll-ups' key, so nothing is sorted);
+        plain tuples, no object per row.
+        """
         ...
 
     def purge(self, retention: Retention, now_ms: int, *, batch_size: int = 1000) -> int:

@@ -9,8 +9,9 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from tailgate.store.base import Row
 from tailgate.store.migrations import Backend
-from tailgate.store.serialize import RECORD_COLUMNS, Row
+from tailgate.store.serialize import RECORD_COLUMNS
 from tailgate.store.sql import SQLStore, Tx
 
 R = TypeVar("R")
@@ -72,6 +73,7 @@ class PostgresStore(SQLStore):
     backend: Backend = "postgres"
     least = "LEAST"
     greatest = "GREATEST"
+    iso_day = "to_char(DATE '1970-01-01' + day, 'YYYY-MM-DD')"
 
     def __init__(
         self, url: str, *, pool_size: int = 8, timeout: float = 10.0, connect_timeout: int = 5
@@ -95,11 +97,11 @@ class PostgresStore(SQLStore):
             name="tailgate-store",
         )
 
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         with self._pool.connection() as conn:
             return _PostgresTx(conn).execute(sql, params)
 
-    def _write(self, work: Callable[[Tx], R]) -> R:
+    def transaction(self, work: Callable[[Tx], R]) -> R:
         with self._pool.connection() as conn, conn.transaction():
             return work(_PostgresTx(conn))
 

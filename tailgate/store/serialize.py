@@ -6,15 +6,16 @@ import base64
 import binascii
 import functools
 import struct
-import zlib
 from collections.abc import Sequence
 from datetime import date, timedelta
 from typing import Any
 
 import orjson
+from isal import isal_zlib
 
 from tailgate.errors import BadRequest
 from tailgate.record import Capture, Outcome, Record
+from tailgate.store.base import Row
 from tailgate.usage import Usage
 
 RECORD_COLUMNS = (
@@ -58,7 +59,10 @@ RECORD_COLUMNS = (
     "request_id",
 )
 
-Row = tuple[Any, ...]
+# Captures are zlib streams written by ISA-L at level 1: for 1-4 kB chat captures it measured
+# 15 µs and a ratio of 0.42, where zlib took 45 µs (level 1, ratio 0.43) to 66 µs (level 6,
+# 0.41). The output is plain zlib, so captures stored before (or by stdlib zlib) read the same.
+_CAPTURE_LEVEL = 1
 _EPOCH = date(1970, 1, 1)
 MS_PER_DAY = 86_400_000
 
@@ -185,11 +189,11 @@ def encode_bodies(c: Capture) -> bytes:
     meta = orjson.dumps([c.request_headers, c.response_headers, c.reassembled])
     parts = (meta, c.request_body, c.response_body)
     framed = b"".join(struct.pack(">I", len(p)) + p for p in parts)
-    return zlib.compress(framed, 6)
+    return isal_zlib.compress(framed, _CAPTURE_LEVEL)
 
 
 def decode_bodies(data: bytes, into: Capture) -> None:
-    raw = zlib.decompress(data)
+    raw = isal_zlib.decompress(data)
     parts: list[bytes] = []
     offset = 0
     for _ in range(3):
@@ -204,11 +208,11 @@ def decode_bodies(data: bytes, into: Capture) -> None:
 
 
 def encode_tools(c: Capture) -> bytes:
-    return zlib.compress(orjson.dumps(c.tool_calls), 6)
+    return isal_zlib.compress(orjson.dumps(c.tool_calls), _CAPTURE_LEVEL)
 
 
 def decode_tools(data: bytes) -> list[dict[str, Any]]:
-    tools: list[dict[str, Any]] = orjson.loads(zlib.decompress(data))
+    tools: list[dict[str, Any]] = orjson.loads(isal_zlib.decompress(data))
     return tools
 
 

@@ -1,8 +1,9 @@
 """The store's queries, written once in the SQL both backends share.
 
-A backend supplies connections and transactions (:meth:`SQLStore._read`, :meth:`SQLStore._write`)
-and the one statement that differs in substance: inserting a batch of records and telling which
-ids were new. Statements use ``?`` placeholders; the PostgreSQL backend rewrites them.
+A backend supplies connections and transactions (:meth:`SQLStore.read`,
+:meth:`SQLStore.transaction`) and the one statement that differs in substance: inserting a batch
+of records and telling which ids were new. Statements use ``?`` placeholders; the PostgreSQL
+backend rewrites them.
 """
 
 from __future__ import annotations
@@ -12,103 +13,50 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from tailgate.config.model import Retention
 from tailgate.errors import BadRequest, NotFound
 from tailgate.identity.keys import KeyInfo, mint_key
-from tailgate.record import Capture, Outcome, Record
+from tailgate.record import Capture, Record
 from tailgate.store import keys
 from tailgate.store.base import (
+    USAGE_ROW_COLUMNS,
     Page,
     RecordFilter,
+    Row,
     SessionFilter,
     SessionSummary,
     Totals,
+    Tx,
     UsageDimension,
     UsageOrder,
     UsageQuery,
     UsageRow,
 )
+from tailgate.store.batch import TOTALS, PreparedBatch, prepare, record_totals
 from tailgate.store.migrations import MIGRATIONS as STEPS
 from tailgate.store.migrations import Backend, MigrationContext, migration_names
 from tailgate.store.serialize import (
     RECORD_COLUMNS,
-    Row,
     date_of,
-    day_number,
     day_of,
     decode_bodies,
     decode_cursor,
     decode_tools,
-    encode_bodies,
     encode_cursor,
-    encode_tools,
-    record_row,
     row_record,
 )
+
+__all__ = ["TOTALS", "SQLStore", "Tx", "record_totals"]
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
 
-TOTALS = (
-    "requests",
-    "errors",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "cache_write_5m_tokens",
-    "cache_write_1h_tokens",
-    "reasoning_tokens",
-    "tool_calls",
-    "web_search_requests",
-    "cost_nd",
-    "unpriced",
-    "duration_us",
-)
 MAX_PAGE = 1000
 _RECORD_SELECT = "SELECT " + ", ".join(RECORD_COLUMNS) + " FROM records"
 _ADD_TOTALS = ", ".join(f"{c} = {{t}}.{c} + excluded.{c}" for c in TOTALS)
 _SUM_TOTALS = ", ".join(f"SUM({c})" for c in TOTALS)
-
-
-class Tx(Protocol):
-    """One open transaction (or autocommit connection) of a backend."""
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
-
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
-
-
-def record_totals(r: Record) -> list[int]:
-    """The roll-up counters one record adds, in :data:`TOTALS` order."""
-    u = r.usage
-    unpriced = int(r.cost_nd is None and u is not None)
-    errors = int(r.outcome != Outcome.OK)
-    if u is None:
-        return [1, errors, 0, 0, 0, 0, 0, 0, 0, 0, 0, r.cost_nd or 0, unpriced, r.duration_us]
-    return [
-        1,
-        errors,
-        u.input_tokens,
-        u.output_tokens,
-        u.cache_read_tokens,
-        u.cache_write_tokens,
-        u.cache_write_5m_tokens,
-        u.cache_write_1h_tokens,
-        u.reasoning_tokens,
-        u.tool_calls,
-        u.web_search_requests,
-        r.cost_nd or 0,
-        unpriced,
-        r.duration_us,
-    ]
-
-
-def _add(into: list[int], more: list[int]) -> None:
-    for i, v in enumerate(more):
-        into[i] += v
 
 
 def _totals(values: Sequence[Any]) -> Totals:
@@ -123,18 +71,26 @@ def _page_limit(limit: int) -> int:
 
 
 class SQLStore:
-    """Everything but connections: subclasses implement the four underscore hooks."""
+    """Everything but connections: subclasses implement ``read``, ``transaction`` and the hooks."""
 
     backend: Backend
     least = "min"
     greatest = "max"
+    iso_day = "date(day * 86400, 'unixepoch')"
+    """SQL for a roll-up's ``day`` as ISO text."""
 
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         raise NotImplementedError
+
+    def transaction(self, work: Callable[[Tx], R]) -> R:
+        raise NotImplementedError
+
+    # The names the quota ledger and older callers use.
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self.read(sql, params)
 
     def _write(self, work: Callable[[Tx], R]) -> R:
-        """Run ``work`` in one write transaction, committed if it returns."""
-        raise NotImplementedError
+        return self.transaction(work)
 
     def _insert_new(self, tx: Tx, rows: list[Row]) -> set[str]:
         """Insert the rows whose id is not stored yet; return the ids inserted."""
@@ -175,61 +131,29 @@ class SQLStore:
                 applied.append(step.__name__)
             return applied
 
-        applied = self._write(work)
+        applied = self.transaction(work)
         if applied:
             log.info("store migrated: %s", ", ".join(applied))
         return applied
 
     def applied_migrations(self) -> list[str]:
-        return [row[0] for row in self._read("SELECT name FROM _migrations ORDER BY name")]
+        return [row[0] for row in self.read("SELECT name FROM _migrations ORDER BY name")]
 
     # -- writes ---------------------------------------------------------------------------
 
     def insert_records(self, records: Iterable[Record]) -> int:
-        batch: dict[str, Record] = {}
-        for r in records:
-            batch.setdefault(r.id, r)
-        if not batch:
+        batch = prepare(records)  # before the transaction: the write lock is for SQL only
+        if not batch.records:
             return 0
-        rows = [record_row(r) for r in batch.values()]
-        return self._write(lambda tx: self._insert_batch(tx, batch, rows))
+        return self.transaction(partial(self._store_batch, batch=batch))
 
-    def _insert_batch(self, tx: Tx, batch: dict[str, Record], rows: list[Row]) -> int:
-        new_ids = self._insert_new(tx, rows)
-        fresh = [batch[i] for i in batch if i in new_ids]
-        captured = [r for r in fresh if r.capture is not None]
-        if captured:
-            tx.executemany(
-                "INSERT INTO capture_bodies (record_id, ts_ms, data) VALUES (?, ?, ?)",
-                [(r.id, r.ts_ms, encode_bodies(r.capture)) for r in captured if r.capture is not None],
-            )
-            tx.executemany(
-                "INSERT INTO capture_tools (record_id, ts_ms, data) VALUES (?, ?, ?)",
-                [
-                    (r.id, r.ts_ms, encode_tools(r.capture))
-                    for r in captured
-                    if r.capture is not None and r.capture.tool_calls
-                ],
-            )
-        rollups: dict[tuple[int, str, str, str], list[int]] = {}
-        sessions: dict[tuple[str, str], tuple[list[int], list[Record]]] = {}
-        for r in fresh:
-            totals = record_totals(r)
-            key = (day_number(r.ts_ms), r.principal, r.provider or "", r.model or "")
-            if key in rollups:
-                _add(rollups[key], totals)
-            else:
-                rollups[key] = totals[:]
-            if r.session_id is not None:
-                entry = sessions.setdefault((r.principal, r.session_id), ([0] * len(TOTALS), []))
-                _add(entry[0], totals)
-                entry[1].append(r)
-        # Sorted, so that concurrent writers take row locks in one order and never deadlock.
-        if rollups:
-            tx.executemany(self._rollup_upsert, [(*k, *rollups[k]) for k in sorted(rollups)])
-        if sessions:
-            tx.executemany(self._session_upsert, [_session_row(k, *sessions[k]) for k in sorted(sessions)])
-        return len(fresh)
+    def _store_batch(self, tx: Tx, batch: PreparedBatch) -> int:
+        fresh = batch.only(self._insert_new(tx, batch.rows))
+        tx.executemany("INSERT INTO capture_bodies (record_id, ts_ms, data) VALUES (?, ?, ?)", fresh.bodies)
+        tx.executemany("INSERT INTO capture_tools (record_id, ts_ms, data) VALUES (?, ?, ?)", fresh.tools)
+        tx.executemany(self._rollup_upsert, fresh.rollups)
+        tx.executemany(self._session_upsert, fresh.sessions)
+        return len(fresh.records)
 
     @property
     def _rollup_upsert(self) -> str:
@@ -266,7 +190,7 @@ class SQLStore:
             params.extend(decode_cursor(cursor, (int, str)))
         hint = self._index_hint(_listing_index(filters, scope))
         sql = f"{_RECORD_SELECT}{hint}{_where(where)} ORDER BY ts_ms DESC, id DESC LIMIT ?"
-        rows = self._read(sql, (*params, limit + 1))
+        rows = self.read(sql, (*params, limit + 1))
         items = [row_record(row) for row in rows[:limit]]
         more = len(rows) > limit
         return Page(items, encode_cursor(items[-1].ts_ms, items[-1].id) if more else None)
@@ -276,12 +200,12 @@ class SQLStore:
         if scope is not None:
             where.append("principal = ?")
             params.append(scope)
-        rows = self._read(f"{_RECORD_SELECT}{_where(where)}", params)
+        rows = self.read(f"{_RECORD_SELECT}{_where(where)}", params)
         if not rows:
             raise NotFound(f"no record {record_id!r}")
         record = row_record(rows[0])
-        bodies = self._read("SELECT data FROM capture_bodies WHERE record_id = ?", (record_id,))
-        tools = self._read("SELECT data FROM capture_tools WHERE record_id = ?", (record_id,))
+        bodies = self.read("SELECT data FROM capture_bodies WHERE record_id = ?", (record_id,))
+        tools = self.read("SELECT data FROM capture_tools WHERE record_id = ?", (record_id,))
         if bodies or tools:
             record.capture = Capture()
             if bodies:
@@ -308,7 +232,7 @@ class SQLStore:
             f"{', '.join(TOTALS)} FROM sessions{_where(where)} "
             "ORDER BY last_ts_ms DESC, principal DESC, session_id DESC LIMIT ?"
         )
-        rows = self._read(sql, (*params, limit + 1))
+        rows = self.read(sql, (*params, limit + 1))
         items = [
             SessionSummary(
                 session_id=row[0],
@@ -356,7 +280,7 @@ class SQLStore:
             sql += " LIMIT ?"
             params.append(limit)
         result = []
-        for row in self._read(sql, params):
+        for row in self.read(sql, params):
             totals = _totals(row[len(dims) :])
             if not dims and totals.requests == 0:
                 return []
@@ -372,7 +296,16 @@ class SQLStore:
     def active_principals(self, query: UsageQuery, *, scope: str | None = None) -> list[tuple[date, int]]:
         where, params = _usage_conditions(query, scope)
         sql = f"SELECT day, COUNT(DISTINCT principal) FROM rollups{_where(where)} GROUP BY day ORDER BY day"
-        return [(date_of(int(day)), int(n)) for day, n in self._read(sql, params)]
+        return [(date_of(int(day)), int(n)) for day, n in self.read(sql, params)]
+
+    def usage_rows(self, query: UsageQuery, *, scope: str | None = None) -> list[Row]:
+        where, params = _usage_conditions(query, scope)
+        # One roll-up row per key already: a range scan in key order, no grouping, no sort.
+        sql = (
+            f"SELECT {self.iso_day}, {', '.join(USAGE_ROW_COLUMNS[1:])} FROM rollups{_where(where)}"
+            " ORDER BY day, principal, model, provider"
+        )
+        return self.read(sql, params)
 
     # -- gateway API keys (the KeyStore protocol) -----------------------------------------
 
@@ -381,14 +314,14 @@ class SQLStore:
     ) -> tuple[KeyInfo, str]:
         """Mint a key for ``principal`` and store its hash; return it with the secret (shown once)."""
         info, secret = mint_key(principal, expires_at=expires_at, note=note)
-        self._write(partial(keys.insert_key, info=info))
+        self.transaction(partial(keys.insert_key, info=info))
         return info, secret
 
     def list_keys(self) -> list[KeyInfo]:
         return keys.all_keys(_ReadTx(self))
 
     def revoke_key(self, key_id: str) -> bool:
-        return self._write(partial(keys.revoke, key_id=key_id, now=datetime.now(UTC)))
+        return self.transaction(partial(keys.revoke, key_id=key_id, now=datetime.now(UTC)))
 
     def find_key(self, key_hash: str) -> KeyInfo | None:
         return keys.key_by_hash(_ReadTx(self), key_hash)
@@ -404,7 +337,9 @@ class SQLStore:
         deleted = 0
         for kind, table in kinds:
             if kind in retention.purge:
-                deleted += self._write(partial(_purge_batch, table=table, cutoff_ms=cutoff, limit=batch_size))
+                deleted += self.transaction(
+                    partial(_purge_batch, table=table, cutoff_ms=cutoff, limit=batch_size)
+                )
         self._after_purge(deleted, batch_size)
         return deleted
 
@@ -413,7 +348,7 @@ class _ReadTx:
     """A store's autocommit reads, shaped as a :class:`Tx`."""
 
     def __init__(self, store: SQLStore) -> None:
-        self.execute = store._read
+        self.execute = store.read
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         raise TypeError("read-only")
@@ -426,12 +361,6 @@ def _purge_batch(tx: Tx, *, table: str, cutoff_ms: int, limit: int) -> int:
         (cutoff_ms, limit),
     )
     return len(gone)
-
-
-def _session_row(key: tuple[str, str], totals: list[int], records: list[Record]) -> Row:
-    first = min(records, key=lambda r: (r.ts_ms, r.id))
-    last = max(records, key=lambda r: (r.ts_ms, r.id))
-    return (*key, first.ts_ms, last.ts_ms, last.model, first.user_agent, *totals)
 
 
 def _where(conditions: list[str]) -> str:
