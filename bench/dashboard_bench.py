@@ -33,7 +33,7 @@ from tailgate.app import Gateway
 from tailgate.config.loader import load_config
 from tailgate.http.messages import Request, Response, StreamingResponse
 from tailgate.identity import LOOPBACK_IDENTITY, Identity, IdentityKind, IdentitySource
-from tailgate.store import RecordFilter, SQLiteStore
+from tailgate.store import RecordFilter, SessionFilter, SQLiteStore
 from tailgate.store.serialize import encode_cursor
 from tailgate.web import register_dashboard
 
@@ -114,7 +114,9 @@ def pages(store: SQLiteStore) -> list[tuple[str, Identity, str]]:
     one = store.list_records(RecordFilter(principal=LIGHT, until_ms=END_MS), limit=1).items[0]
     middle = store.list_records(RecordFilter(until_ms=START_MS + 45 * DAY_MS), limit=1).items[0]
     deep = quote(encode_cursor(middle.ts_ms, middle.id), safe="")
-    session = quote(one.session_id or "", safe="")
+    recent = store.list_sessions(SessionFilter(until_ms=END_MS), limit=200, scope=HEAVY).items
+    longest = max(recent, key=lambda s: s.totals.requests)
+    session = quote(longest.session_id, safe="")
     admin = LOOPBACK_IDENTITY
     return [
         ("dashboard: heavy user, 30 days (admin view)", admin, f"/ui/dashboard/{HEAVY}?{MONTH}"),
@@ -134,8 +136,12 @@ def pages(store: SQLiteStore) -> list[tuple[str, Identity, str]]:
             "/ui/logs?outcome=upstream_failed&since=2025-12-20&until=2025-12-20",
         ),
         ("logs: requests, light user", user(LIGHT), "/ui/logs?view=requests"),
-        ("logs: one session", user(LIGHT), f"/ui/logs/sessions/{session}"),
-        ("logs: one request with capture", admin, f"/ui/logs/{one.id}"),
+        (
+            f"logs: one session of {longest.totals.requests} requests",
+            user(HEAVY),
+            f"/ui/logs/sessions/{session}",
+        ),
+        ("logs: one request (record and capture reads)", admin, f"/ui/logs/{one.id}"),
         ("usage: 30 days", admin, f"/ui/usage?{MONTH}"),
         ("usage: 90 days", admin, f"/ui/usage?{QUARTER}"),
         ("usage.csv: 30 days (day x principal x model)", admin, f"/ui/usage.csv?{MONTH}"),
