@@ -13,33 +13,23 @@ import io
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
+from typing import Any
 
 from markupsafe import Markup
 
 from tailgate.http.messages import Request, Response, StreamingResponse
-from tailgate.store import Store, UsageDimension, UsageQuery, UsageRow
+from tailgate.store import Store, UsageQuery, UsageRow
+from tailgate.store.base import USAGE_ROW_COLUMNS
 from tailgate.web import charts, format
 from tailgate.web.common import TimeRange, Viewer, Web, now_ms, time_range
 from tailgate.web.dashboard import by_model, model_charts, sum_totals
 
 TOP = 10
-CSV_COLUMNS = (
-    "day",
-    "principal",
-    "provider",
-    "model",
-    "requests",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "cost_usd",
-    "unpriced_requests",
-)
+CSV_HEADINGS = {"cost_nd": "cost_usd", "unpriced": "unpriced_requests"}
+CSV_COLUMNS = tuple(CSV_HEADINGS.get(c, c) for c in USAGE_ROW_COLUMNS)
+"""day, principal, provider, model, requests, input/output/cache read/cache write/reasoning
+tokens, cost_usd (dollars with all nine decimals), unpriced_requests."""
 CSV_DAYS_PER_QUERY = 7
-CSV_ORDER: tuple[UsageDimension, ...] = ("day", "principal", "model", "provider")
-"""The roll-ups' own key order, so the store reads them in order without sorting."""
 
 
 @dataclass(slots=True)
@@ -114,31 +104,16 @@ async def usage_page(web: Web, viewer: Viewer, request: Request) -> Response:
 # -- CSV ----------------------------------------------------------------------------------------
 
 
-def csv_rows(rows: Sequence[UsageRow]) -> list[list[str]]:
-    """The CSV's data rows (:data:`CSV_COLUMNS`), in the order given."""
-    out = []
-    for r in rows:
-        t = r.totals
-        out.append(
-            [
-                r.day.isoformat() if r.day else "",
-                r.principal or "",
-                r.provider or "",
-                r.model or "",
-                str(t.requests),
-                str(t.input_tokens),
-                str(t.output_tokens),
-                str(t.cache_read_tokens),
-                str(t.cache_write_tokens),
-                str(t.reasoning_tokens),
-                format.plain_dollars(t.cost_nd),
-                str(t.unpriced),
-            ]
-        )
-    return out
+COST_COLUMN = USAGE_ROW_COLUMNS.index("cost_nd")
 
 
-def _encode(rows: Sequence[Sequence[str]]) -> bytes:
+def csv_rows(rows: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
+    """Rows of ``Store.usage_rows`` as CSV rows (:data:`CSV_COLUMNS`): the cost in dollars."""
+    cost = COST_COLUMN
+    return [(*r[:cost], format.plain_dollars(r[cost]), *r[cost + 1 :]) for r in rows]
+
+
+def _encode(rows: Sequence[Sequence[Any]]) -> bytes:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\r\n").writerows(rows)
     return buffer.getvalue().encode("utf-8")
@@ -165,7 +140,7 @@ async def usage_csv(web: Web, viewer: Viewer, request: Request) -> StreamingResp
         while day is not None and day <= last:
             end = min(day + timedelta(days=CSV_DAYS_PER_QUERY - 1), last)
             query = UsageQuery(since=day, until=end, principal=principal)
-            rows = await web.run(store.usage, query, CSV_ORDER, scope=viewer.scope)
+            rows = await web.run(store.usage_rows, query, scope=viewer.scope)
             if rows:
                 yield _encode(csv_rows(rows))
             day = end + timedelta(days=1)
