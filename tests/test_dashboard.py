@@ -61,6 +61,7 @@ def dashboard_config(mock_url: str) -> str:
       "models": ["claude-haiku-4-5"], "compatibility": {{"anthropic_messages": true}},
     }},
     "local": {{"baseurl": "{mock_url}", "models": ["mystery-model"], "compatibility": {{"openai_chat": true}}}},
+    "demo": {{"type": "demo", "name": "Demo provider", "models": ["demo-fast"]}},
   }},
   "grants": [
     {{"src": ["(loopback)"], "app": {{"tailscale.com/cap/aperture": [
@@ -415,8 +416,10 @@ def test_csv_numbers_equal_the_store(site: Site) -> None:
 
 
 def test_models_page_lists_granted_models_with_prices_and_buckets(site: Site) -> None:
-    text = text_of(site.page("/ui/models"))
+    html = site.page("/ui/models")
+    text = text_of(html)
     assert "claude-haiku-4-5" in text and "mystery-model" in text and "unpriced" in text
+    assert "demo-fast Demo provider demo" in text and "demo provider — built into the gateway" in text
     assert "$0.15" in text and "$0.60" in text  # gpt-4o-mini per million tokens
     assert "team $50.00 / $50.00" in text or "team $49.99" in text
     bob = text_of(site.page("/ui/models", as_user="bob"))
