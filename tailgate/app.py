@@ -67,8 +67,10 @@ class Gateway:
         self._mount()
         from tailgate.api import register_api
         from tailgate.metrics import register_metrics
+        from tailgate.web import register_dashboard
 
         self.mount(register_api)
+        self.mount(register_dashboard)
         self.metrics = register_metrics(self, self.router)
 
     # -- lifecycle -------------------------------------------------------------------------

@@ -27,7 +27,6 @@ from tailgate.quotas import spec_of
 from tailgate.record import Outcome, Record
 from tailgate.store import UsageQuery
 from tailgate.usage import Usage
-from tailgate.web import register_dashboard
 from tailgate.web.charts import Series as ChartSeries
 from tailgate.web.charts import bar, day_buckets, nice_ticks, stacked_bars, top_series
 from tailgate.web.format import (
@@ -155,7 +154,6 @@ def links_of(html: str) -> list[str]:
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     tmp = tmp_path_factory.mktemp("dashboard")
     with MockUpstream() as mock, running_gateway(dashboard_config(mock.base_url), tmp) as gw:
-        gw.gateway.mount(register_dashboard)
         _, bob_key = gw.store.create_key("bob@example.com", expires_at=None, note="bob's laptop")
         _, carol_key = gw.store.create_key("carol@example.com", expires_at=None)
         _, dave_key = gw.store.create_key("dave@example.com", expires_at=None)
@@ -329,7 +327,6 @@ def test_logs_filters_narrow_the_requests(site: Site) -> None:
 
 def test_logs_paginate_by_cursor(tmp_path: Path, mock_upstream: MockUpstream) -> None:
     with running_gateway(dashboard_config(mock_upstream.base_url), tmp_path) as gw:
-        gw.gateway.mount(register_dashboard)
         base = 1_790_000_000_000
         gw.store.insert_records(
             Record(id=f"{base + i:012x}{i:014x}", ts_ms=base + i, principal="(loopback)", model=f"m{i}")

@@ -34,7 +34,6 @@ from tailgate.quotas import spec_of
 from tailgate.record import Capture, Outcome, Record
 from tailgate.store import UsageQuery
 from tailgate.usage import Usage
-from tailgate.web import register_dashboard
 from tests.harness import RunningGateway, running_gateway
 from tests.mock_upstream import MockUpstream
 
@@ -161,7 +160,6 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         loaded = load_config_file(config_path)
         assert loaded.config is not None, loaded.problems
         with running_gateway(loaded.config, tmp) as gw:
-            gw.gateway.mount(register_dashboard)
             _, bob_key = gw.store.create_key("bob@example.com", expires_at=None, note="laptop")
             gw.store.insert_records(history(int(time.time() * 1000)))
             send_requests(gw, bob_key)
