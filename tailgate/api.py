@@ -310,7 +310,7 @@ class _Api:
 
     async def validate_config(self, request: Request) -> Response:
         identity, _ = await self._admin(request)
-        problems = await asyncio.to_thread(_save_problems, _config_text(request), identity)
+        problems = await asyncio.to_thread(save_problems, _config_text(request), identity)
         return Response.json({"Valid": not problems, "errors": problems})
 
     async def save_config(self, request: Request) -> Response:
@@ -363,7 +363,7 @@ async def save_config(gateway: Gateway, text: str, saver: Identity) -> SavedConf
     """
     lock = _SAVE_LOCKS.setdefault(gateway, asyncio.Lock())
     async with lock:
-        problems = await asyncio.to_thread(_save_problems, text, saver)
+        problems = await asyncio.to_thread(save_problems, text, saver)
         if problems:
             return SavedConfig(problems)
         running = gateway.config
@@ -467,7 +467,7 @@ def write_atomically(path: str, text: str) -> None:
         raise
 
 
-def _save_problems(text: str, saver: Identity) -> list[str]:
+def save_problems(text: str, saver: Identity) -> list[str]:
     """Why ``text`` may not be saved by ``saver`` (an admin now): every warning, and a lockout."""
 
     def still_admin(candidate: Config) -> bool:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tailgate import csrf
-from tailgate.api import MAX_KEY_DAYS, _save_problems, save_config
+from tailgate.api import MAX_KEY_DAYS, save_config, save_problems
 from tailgate.config.model import Capability, Config, Grant
 from tailgate.errors import BadRequest
 from tailgate.http.messages import Request, Response
@@ -156,7 +156,7 @@ async def post_config(web: Web, viewer: Viewer, request: Request) -> Response:
     # Browsers send a textarea's line breaks as CRLF; the file keeps the LF it was written with.
     text = fields.get("config", "").replace("\r\n", "\n")
     if fields.get("action") == "validate":
-        problems = await web.run(_save_problems, text, viewer.identity)
+        problems = await web.run(save_problems, text, viewer.identity)
         message = None if problems else "Valid: this configuration can be saved."
         return await _render(web, viewer, text=text, outcome=Outcome(problems, message))
     outcome = await save(web, text, viewer.identity)
