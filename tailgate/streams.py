@@ -1,23 +1,30 @@
 """Streamed answers: SSE parsing, and reassembly into the answer the call would have given unstreamed.
 
 Pure functions over the raw bytes a client received (no HTTP objects), so the same code serves
-live metering, cut streams and re-reading a stored capture.
+live metering, cut streams and re-reading a stored capture. The recorder runs this once per
+streamed request, so it is written for CPU: events are cut from the bytes without decoding the
+body, each is parsed by one ``orjson.loads`` and folded in place (parsed objects are never
+shared, so nothing is copied), and streamed strings are joined once at the end.
 """
 
 from __future__ import annotations
 
-import copy
 import json
-import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import orjson
 
 from tailgate.dialects import Operation
 
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_BOM = b"\xef\xbb\xbf"
+_loads = orjson.loads
+_JSONError = orjson.JSONDecodeError
+
+Frame = tuple[bytes | None, bytes]
+"""One SSE event as cut from the body: its ``event:`` name (``None`` when unnamed) and its data."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,38 +48,116 @@ def iter_sse(raw: bytes, *, include_incomplete: bool = False) -> Iterator[SseEve
 
     An event is yielded at its terminating blank line; a trailing event without one (a cut
     stream) only when ``include_incomplete``. Comment lines and events without data are skipped.
+    Invalid UTF-8 reads as U+FFFD.
     """
-    text = raw.decode("utf-8", errors="replace")
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    lines = _LINE_BREAK.split(text)
-    # The piece after the last line break is a line only if the stream was cut inside it.
-    last = len(lines) - 1
-    event: str | None = None
-    data: list[str] = []
-    for number, line in enumerate(lines):
+    frames, cut = sse_frames(raw)
+    if cut and not include_incomplete:
+        frames.pop()
+    for name, data in frames:
+        yield SseEvent(_text(name), data.decode("utf-8", "replace"))
+
+
+def sse_frames(raw: bytes) -> tuple[list[Frame], bool]:
+    """Every event of an SSE body as bytes, and whether the last one was cut before its blank line.
+
+    The same events as :func:`iter_sse` (which decodes these), without decoding the body.
+    """
+    if raw[:3] == _BOM:
+        raw = raw[3:]
+    if raw.find(b"\r") < 0:
+        lines = raw.split(b"\n")
+        if not lines[-1]:
+            lines.pop()  # what follows a final line break, when empty, is not a blank line
+    else:
+        # LF, CR LF and lone CR are line ends, as in the spec; slower than split, and it leaves
+        # out the piece after a final line break itself.
+        lines = raw.splitlines()
+    frames = _uniform_frames(lines)
+    if frames is not None:
+        return frames
+    return _general_frames(lines)
+
+
+def _uniform_frames(lines: list[bytes]) -> tuple[list[Frame], bool] | None:
+    """The common framings, ``data:`` lines or ``event:`` and ``data:`` pairs, read whole; else ``None``."""
+    if not any(lines[1::2]):
+        datas = lines[::2]
+        if all(map(bytes.startswith, datas, repeat(b"data: "))):
+            return list(zip(repeat(None), [line[6:] for line in datas])), len(lines) % 2 == 1
+    elif not any(lines[2::3]):
+        heads = lines[::3]
+        datas = lines[1::3]
+        # A name left after the last data line is an event cut before its data: not an event.
+        if all(map(bytes.startswith, datas, repeat(b"data: "))):
+            # Streams repeat a few event names: look each one up once.
+            distinct = set(heads)
+            names = {head: head[7:] or None for head in distinct if head.startswith(b"event: ")}
+            if len(names) == len(distinct):
+                frames = zip(map(names.__getitem__, heads), [line[6:] for line in datas], strict=False)
+                return list(frames), len(lines) % 3 == 2
+    return None
+
+
+def _general_frames(lines: list[bytes]) -> tuple[list[Frame], bool]:
+    frames: list[Frame] = []
+    name: bytes | None = None
+    data: bytes | None = None
+    more: list[bytes] | None = None
+    for line in lines:
         if not line:
-            if number == last:
-                break
-            if data:
-                yield SseEvent(event, "\n".join(data))
-            event, data = None, []
+            if data is not None:
+                frames.append((name, data if more is None else b"\n".join(more)))
+                data = more = None
+            name = None
             continue
-        if line.startswith(":"):
-            continue
-        name, colon, value = line.partition(":")
-        if colon and value.startswith(" "):
-            value = value[1:]
-        if name == "data":
-            data.append(value)
-        elif name == "event":
-            event = value or None
-    if include_incomplete and data:
-        yield SseEvent(event, "\n".join(data))
+        if line.startswith(b"data: "):
+            value = line[6:]
+        else:
+            field, colon, value = line.partition(b":")
+            if colon and value.startswith(b" "):
+                value = value[1:]
+            if field != b"data":
+                if field == b"event":
+                    name = value or None
+                continue
+        if data is None:
+            data = value
+        elif more is None:
+            more = [data, value]
+        else:
+            more.append(value)
+    if data is not None:
+        frames.append((name, data if more is None else b"\n".join(more)))
+        return frames, True
+    return frames, False
 
 
 def iter_gemini_array(raw: bytes) -> Iterator[dict[str, Any]]:
     """The complete top-level objects of a (possibly cut) JSON array, or of bare concatenated objects."""
+    return iter(_gemini_array(raw))
+
+
+def _gemini_array(raw: bytes) -> list[dict[str, Any]]:
+    # A whole array parses in one call. orjson reads integers past 64 bits as floats where the
+    # text decoder keeps them exact, and an array nested in the array ends the scan below, so
+    # those (and every cut or odd body) take the scan.
+    if raw.translate(_DIGIT_RUNS).find(_LONG_NUMBER) < 0:
+        try:
+            value = _loads(raw)
+        except _JSONError:
+            value = None
+        if isinstance(value, dict):
+            return [value]
+        if isinstance(value, list) and not any(isinstance(item, list) for item in value):
+            return [item for item in value if isinstance(item, dict)]
+    return list(_scan_gemini_array(raw))
+
+
+_DIGIT_RUNS = bytes(48 if 48 <= byte <= 57 else 32 for byte in range(256))
+_LONG_NUMBER = b"0" * 19
+
+
+def _scan_gemini_array(raw: bytes) -> Iterator[dict[str, Any]]:
     text = raw.decode("utf-8", errors="replace")
     decoder = json.JSONDecoder()
     position = 0
@@ -99,146 +184,205 @@ def reassemble(operation: Operation, raw: bytes, *, sse: bool = True) -> Reassem
     Count-tokens operations do not stream and give an empty result.
     """
     if operation is Operation.CHAT_COMPLETIONS:
-        return _reassemble_chat(iter_sse(raw, include_incomplete=True))
+        return _reassemble_chat(sse_frames(raw)[0])
     if operation is Operation.RESPONSES:
-        return _reassemble_responses(_json_events(raw))
+        return _reassemble_responses(_sse_objects(raw))
     if operation is Operation.MESSAGES:
-        return _reassemble_messages(_json_events(raw))
+        return _reassemble_messages(_sse_objects(raw))
     if operation in (Operation.GENERATE_CONTENT, Operation.STREAM_GENERATE_CONTENT):
-        chunks = (data for _, data in _json_events(raw)) if sse else iter_gemini_array(raw)
+        chunks = [data for _, data in _sse_objects(raw)] if sse else _gemini_array(raw)
         return _reassemble_gemini(chunks)
     return Reassembled(None, False, None)
 
 
-def _json_events(raw: bytes) -> Iterator[tuple[str | None, dict[str, Any]]]:
-    for event in iter_sse(raw, include_incomplete=True):
-        data = _loads(event.data)
-        if data is not None:
-            yield event.event, data
+def _sse_objects(raw: bytes) -> list[tuple[bytes | None, dict[str, Any]]]:
+    """The events whose data is a JSON object, parsed."""
+    objects = []
+    for name, data in sse_frames(raw)[0]:
+        try:
+            value = _loads(data)
+        except _JSONError:
+            value = _loads_replacing(data)
+        if isinstance(value, dict):
+            objects.append((name, value))
+    return objects
 
 
-def _loads(text: str) -> dict[str, Any] | None:
+def _loads_replacing(data: bytes) -> Any:
+    """``data`` parsed with invalid UTF-8 read as U+FFFD (as a decoded body reads); ``None`` if not JSON."""
     try:
-        value = orjson.loads(text)
-    except orjson.JSONDecodeError:
+        return _loads(data.decode("utf-8", "replace"))
+    except _JSONError:
         return None
-    return value if isinstance(value, dict) else None
+
+
+def _text(name: bytes | None) -> str | None:
+    return name.decode("utf-8", "replace") if name is not None else None
+
+
+def _kind(data: dict[str, Any], name: bytes | None) -> Any:
+    """An event's type: its data's ``type``, else its SSE ``event:`` name."""
+    return data.get("type") or _text(name)
 
 
 class _Text(list[str]):
     """The pieces of a streamed string, joined once at the end (repeated ``+=`` is quadratic)."""
 
 
-def _append_text(target: dict[str, Any], key: str, piece: object) -> None:
+_Pending = list[tuple[dict[str, Any], str]]
+"""Where a :class:`_Text` was put, to be joined at the end."""
+
+
+def _append_text(target: dict[str, Any], key: str, piece: object, pending: _Pending) -> None:
     if not isinstance(piece, str):
         return
     current = target.get(key)
-    if isinstance(current, _Text):
+    if type(current) is _Text:
         current.append(piece)
     elif isinstance(current, str):
         target[key] = _Text((current, piece))
+        pending.append((target, key))
     else:
-        target[key] = _Text((piece,))
+        target[key] = piece
 
 
-def _joined(value: Any) -> Any:
-    """``value`` with every :class:`_Text` inside it replaced by its joined string."""
-    if isinstance(value, _Text):
-        return "".join(value)
-    if isinstance(value, dict):
-        for key, item in value.items():
-            value[key] = _joined(item)
-    elif isinstance(value, list):
-        for position, item in enumerate(value):
-            value[position] = _joined(item)
-    return value
+def _join_texts(pending: _Pending) -> None:
+    for target, key in pending:
+        value = target.get(key)
+        if type(value) is _Text:
+            target[key] = "".join(value)
 
 
-def _merge_delta(target: dict[str, Any], delta: Mapping[str, Any], skip: tuple[str, ...]) -> None:
+def _merge_delta(target: dict[str, Any], delta: dict[str, Any], pending: _Pending) -> None:
     """Fold a streamed delta into ``target``: strings concatenate, lists extend, the rest replaces."""
     for key, value in delta.items():
-        if key in skip:
-            continue
         current = target.get(key)
         if isinstance(value, str) and isinstance(current, str | _Text):
-            _append_text(target, key, value)
-        elif isinstance(value, list) and isinstance(current, list) and not isinstance(current, _Text):
-            current.extend(copy.deepcopy(value))
+            _append_text(target, key, value, pending)
+        elif isinstance(value, list) and isinstance(current, list) and type(current) is not _Text:
+            current.extend(value)
         elif value is not None or key not in target:
-            target[key] = copy.deepcopy(value)
+            target[key] = value
+
+
+def _index(value: object, default: int) -> int:
+    return value if type(value) is int and value >= 0 else default
 
 
 # OpenAI Chat Completions ---------------------------------------------------------------------
 
 
-def _reassemble_chat(events: Iterable[SseEvent]) -> Reassembled:
-    head: dict[str, Any] | None = None
+def _reassemble_chat(frames: list[Frame]) -> Reassembled:
+    chunks: list[dict[str, Any]] = []
     choices: dict[int, dict[str, Any]] = {}
     calls: dict[int, dict[int, dict[str, Any]]] = {}
-    usage: Any = None
+    pending: _Pending = []
     complete = False
     error: dict[str, Any] | None = None
-    for event in events:
-        if event.data.strip() == "[DONE]":
+    for _, data in frames:
+        if data == b"[DONE]":
             complete = True
             continue
-        chunk = _loads(event.data)
-        if chunk is None:
+        try:
+            chunk = _loads(data)
+        except _JSONError:
+            # Not JSON, so possibly the end marker with spaces around it.
+            if data.decode("utf-8", "replace").strip() == "[DONE]":
+                complete = True
+                continue
+            chunk = _loads_replacing(data)
+        if not isinstance(chunk, dict):
             continue
-        if "error" in chunk and "choices" not in chunk:
+        streamed = chunk.get("choices")
+        if streamed is None and "error" in chunk and "choices" not in chunk:
             error = chunk
             continue
-        if head is None:
-            head = {"id": chunk.get("id"), "object": "chat.completion", "created": chunk.get("created")}
-        for key in ("model", "service_tier", "system_fingerprint"):
-            if chunk.get(key) is not None or key not in head:
-                head[key] = chunk.get(key)
-        if chunk.get("usage") is not None:
-            usage = chunk["usage"]
-        for delta_choice in _as_list(chunk.get("choices")):
-            if isinstance(delta_choice, Mapping):
-                _fold_chat_choice(delta_choice, choices, calls)
-    if head is None:
+        chunks.append(chunk)
+        if not isinstance(streamed, list):
+            continue
+        for delta_choice in streamed:
+            if not isinstance(delta_choice, dict):
+                continue
+            index = delta_choice.get("index")
+            if type(index) is not int or index < 0:
+                index = 0
+            choice = choices.get(index)
+            if choice is None:
+                message = {"role": "assistant", "content": None}
+                choice = choices[index] = {
+                    "index": index,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            delta = delta_choice.get("delta")
+            if isinstance(delta, dict):
+                message = choice["message"]
+                content = delta.get("content")
+                if len(delta) == 1 and isinstance(content, str):
+                    # The common delta, one piece of text: what the general merge does with it.
+                    current = message["content"]
+                    if type(current) is _Text:
+                        current.append(content)
+                    elif isinstance(current, str):
+                        message["content"] = _Text((current, content))
+                        pending.append((message, "content"))
+                    else:
+                        message["content"] = content
+                else:
+                    _fold_chat_delta(delta, message, calls.setdefault(index, {}), pending)
+            value = delta_choice.get("finish_reason")
+            if value is not None:
+                choice["finish_reason"] = value
+            value = delta_choice.get("logprobs")
+            if isinstance(value, dict):
+                if choice["logprobs"] is None:
+                    choice["logprobs"] = {}
+                _merge_delta(choice["logprobs"], value, pending)
+    if not chunks:
         return Reassembled(None, complete, error)
     for index, choice in choices.items():
-        if index in calls:
+        if calls.get(index):
             choice["message"]["tool_calls"] = [calls[index][k] for k in sorted(calls[index])]
-    head["choices"] = [choices[index] for index in sorted(choices)]
-    head["usage"] = usage
-    return Reassembled(_joined(head), complete, error)
+    first = chunks[0]
+    # Each of these is its last non-null value: usually in the last chunk, so read backwards.
+    head = {
+        "id": first.get("id"),
+        "object": "chat.completion",
+        "created": first.get("created"),
+        "model": _last(chunks, "model"),
+        "service_tier": _last(chunks, "service_tier"),
+        "system_fingerprint": _last(chunks, "system_fingerprint"),
+        "choices": [choices[index] for index in sorted(choices)],
+        "usage": _last(chunks, "usage"),
+    }
+    _join_texts(pending)
+    return Reassembled(head, complete, error)
 
 
-def _fold_chat_choice(
-    delta_choice: Mapping[str, Any],
-    choices: dict[int, dict[str, Any]],
-    calls: dict[int, dict[int, dict[str, Any]]],
+def _last(chunks: list[dict[str, Any]], key: str) -> Any:
+    """The last non-null value of ``key`` in ``chunks``; ``None`` when there is none."""
+    for chunk in reversed(chunks):
+        value = chunk.get(key)
+        if value is not None:
+            return value
+    return None
+
+
+def _fold_chat_delta(
+    delta: dict[str, Any], message: dict[str, Any], calls: dict[int, dict[str, Any]], pending: _Pending
 ) -> None:
-    index = _index(delta_choice.get("index"), 0)
-    choice = choices.get(index)
-    if choice is None:
-        message = {"role": "assistant", "content": None}
-        choice = choices[index] = {
-            "index": index,
-            "message": message,
-            "logprobs": None,
-            "finish_reason": None,
-        }
-    delta = delta_choice.get("delta")
-    if isinstance(delta, Mapping):
-        _merge_delta(choice["message"], delta, skip=("tool_calls", "role"))
-        for fragment in _as_list(delta.get("tool_calls")):
-            if isinstance(fragment, Mapping):
-                _fold_tool_call(fragment, calls.setdefault(index, {}))
-    if delta_choice.get("finish_reason") is not None:
-        choice["finish_reason"] = delta_choice["finish_reason"]
-    logprobs = delta_choice.get("logprobs")
-    if isinstance(logprobs, Mapping):
-        if choice["logprobs"] is None:
-            choice["logprobs"] = {}
-        _merge_delta(choice["logprobs"], logprobs, skip=())
+    fragments = delta.get("tool_calls")
+    if "role" in delta or "tool_calls" in delta:
+        delta = {key: value for key, value in delta.items() if key not in ("role", "tool_calls")}
+    _merge_delta(message, delta, pending)
+    if isinstance(fragments, list):
+        for fragment in fragments:
+            if isinstance(fragment, dict):
+                _fold_tool_call(fragment, calls, pending)
 
 
-def _fold_tool_call(fragment: Mapping[str, Any], calls: dict[int, dict[str, Any]]) -> None:
+def _fold_tool_call(fragment: dict[str, Any], calls: dict[int, dict[str, Any]], pending: _Pending) -> None:
     position = _index(fragment.get("index"), len(calls))
     call = calls.get(position)
     if call is None:
@@ -248,12 +392,11 @@ def _fold_tool_call(fragment: Mapping[str, Any], calls: dict[int, dict[str, Any]
     if fragment.get("type"):
         call["type"] = fragment["type"]
     function = fragment.get("function")
-    if isinstance(function, Mapping):
+    if isinstance(function, dict):
         # The name comes whole in the first fragment; some servers repeat it, so never concatenate.
         if function.get("name") and not call["function"]["name"]:
             call["function"]["name"] = function["name"]
-        if isinstance(function.get("arguments"), str):
-            _append_text(call["function"], "arguments", function["arguments"])
+        _append_text(call["function"], "arguments", function.get("arguments"), pending)
 
 
 # OpenAI Responses ----------------------------------------------------------------------------
@@ -261,12 +404,11 @@ def _fold_tool_call(fragment: Mapping[str, Any], calls: dict[int, dict[str, Any]
 _RESPONSES_TERMINAL = ("response.completed", "response.incomplete", "response.failed")
 
 
-def _reassemble_responses(events: Iterable[tuple[str | None, dict[str, Any]]]) -> Reassembled:
-    response: dict[str, Any] | None = None
-    items: dict[int, dict[str, Any]] = {}
+def _reassemble_responses(events: list[tuple[bytes | None, dict[str, Any]]]) -> Reassembled:
     error: dict[str, Any] | None = None
+    # The terminal event carries the whole answer: with one, only errors before it matter.
     for name, data in events:
-        kind = data.get("type") or name
+        kind = _kind(data, name)
         if kind == "error":
             error = data
         elif kind in _RESPONSES_TERMINAL and isinstance(data.get("response"), dict):
@@ -274,36 +416,48 @@ def _reassemble_responses(events: Iterable[tuple[str | None, dict[str, Any]]]) -
             if kind == "response.failed" and isinstance(final.get("error"), dict):
                 error = final["error"]
             return Reassembled(final, True, error)
-        elif isinstance(data.get("response"), dict):
-            response = copy.deepcopy(data["response"])
+    response: dict[str, Any] | None = None
+    items: dict[int, dict[str, Any]] = {}
+    pending: _Pending = []
+    for name, data in events:
+        kind = _kind(data, name)
+        if kind == "error":
+            continue
+        if isinstance(data.get("response"), dict):
+            response = data["response"]
         elif isinstance(kind, str):
-            _fold_response_event(kind, data, items)
+            _fold_response_event(kind, data, items, pending)
     if response is not None and items:
         response["output"] = [items[index] for index in sorted(items)]
-    return Reassembled(_joined(response), False, error)
+    _join_texts(pending)
+    return Reassembled(response, False, error)
 
 
-_TEXT_EVENTS = (
-    "response.content_part.added",
-    "response.output_text.delta",
-    "response.output_text.done",
-    "response.refusal.delta",
+_TEXT_EVENTS = frozenset(
+    {
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.refusal.delta",
+    }
 )
 
 
-def _fold_response_event(kind: str, data: Mapping[str, Any], items: dict[int, dict[str, Any]]) -> None:
+def _fold_response_event(
+    kind: str, data: dict[str, Any], items: dict[int, dict[str, Any]], pending: _Pending
+) -> None:
     index = data.get("output_index")
     if not isinstance(index, int):
         return
     if kind in ("response.output_item.added", "response.output_item.done"):
-        if isinstance(data.get("item"), Mapping):
-            items[index] = copy.deepcopy(dict(data["item"]))
+        if isinstance(data.get("item"), dict):
+            items[index] = data["item"]
         return
     item = items.get(index)
     if item is None:
         return
     if kind == "response.function_call_arguments.delta":
-        _append_text(item, "arguments", data.get("delta"))
+        _append_text(item, "arguments", data.get("delta"), pending)
     elif kind == "response.function_call_arguments.done" and isinstance(data.get("arguments"), str):
         item["arguments"] = data["arguments"]
     elif kind in _TEXT_EVENTS:
@@ -312,8 +466,8 @@ def _fold_response_event(kind: str, data: Mapping[str, Any], items: dict[int, di
         parts: list[Any] = item["content"]
         position = _index(data.get("content_index"), len(parts))
         if kind == "response.content_part.added":
-            if isinstance(data.get("part"), Mapping):
-                _put(parts, position, copy.deepcopy(dict(data["part"])))
+            if isinstance(data.get("part"), dict):
+                _put(parts, position, data["part"])
             return
         key = "refusal" if kind == "response.refusal.delta" else "text"
         if position >= len(parts) or not isinstance(parts[position], dict):
@@ -324,7 +478,7 @@ def _fold_response_event(kind: str, data: Mapping[str, Any], items: dict[int, di
             if isinstance(data.get("text"), str):
                 part["text"] = data["text"]
         else:
-            _append_text(part, key, data.get("delta"))
+            _append_text(part, key, data.get("delta"), pending)
 
 
 def _put(items: list[Any], position: int, value: Any) -> int:
@@ -339,33 +493,41 @@ def _put(items: list[Any], position: int, value: Any) -> int:
 # Anthropic Messages --------------------------------------------------------------------------
 
 
-def _reassemble_messages(events: Iterable[tuple[str | None, dict[str, Any]]]) -> Reassembled:
+def _reassemble_messages(events: list[tuple[bytes | None, dict[str, Any]]]) -> Reassembled:
     message: dict[str, Any] | None = None
     blocks: dict[int, dict[str, Any]] = {}
     partial_json: dict[int, list[str]] = {}
+    pending: _Pending = []
     complete = False
     error: dict[str, Any] | None = None
     for name, data in events:
-        kind = data.get("type") or name
-        if kind == "message_start" and isinstance(data.get("message"), Mapping):
-            message = copy.deepcopy(dict(data["message"]))
-            message["usage"] = dict(_as_mapping(message.get("usage")))
-        elif kind == "content_block_start" and isinstance(data.get("content_block"), Mapping):
-            index = _index(data.get("index"), len(blocks))
-            blocks[index] = copy.deepcopy(dict(data["content_block"]))
-        elif kind == "content_block_delta":
-            _fold_block_delta(data, blocks, partial_json)
+        kind = data.get("type") or _text(name)
+        if kind == "content_block_delta":
+            index = data.get("index")
+            delta = data.get("delta")
+            if isinstance(index, int) and index in blocks and isinstance(delta, dict):
+                _fold_block_delta(delta, index, blocks[index], partial_json, pending)
+        elif kind == "message_start" and isinstance(data.get("message"), dict):
+            message = data["message"]
+            usage = message.get("usage")
+            message["usage"] = usage if isinstance(usage, dict) else {}
+        elif kind == "content_block_start" and isinstance(data.get("content_block"), dict):
+            blocks[_index(data.get("index"), len(blocks))] = data["content_block"]
         elif kind == "content_block_stop":
             stopped = _index(data.get("index"), -1)
             if stopped in partial_json and stopped in blocks:
                 blocks[stopped]["input"] = _parse_input(partial_json.pop(stopped))
         elif kind == "message_delta" and message is not None:
-            for key, value in _as_mapping(data.get("delta")).items():
-                message[key] = copy.deepcopy(value)
-            # Counts are cumulative: the latest value replaces, never adds.
-            for key, value in _as_mapping(data.get("usage")).items():
-                if value is not None:
-                    message["usage"][key] = copy.deepcopy(value)
+            delta = data.get("delta")
+            if isinstance(delta, dict):
+                message.update(delta)
+            usage = data.get("usage")
+            if isinstance(usage, dict):
+                # Counts are cumulative: the latest value replaces, never adds.
+                totals = message["usage"]
+                for key, value in usage.items():
+                    if value is not None:
+                        totals[key] = value
         elif kind == "message_stop":
             complete = True
         elif kind == "error":
@@ -376,32 +538,32 @@ def _reassemble_messages(events: Iterable[tuple[str | None, dict[str, Any]]]) ->
         if index in blocks:
             blocks[index]["input"] = _parse_input(buffer)
     message["content"] = [blocks[index] for index in sorted(blocks)]
-    return Reassembled(_joined(message), complete, error)
+    _join_texts(pending)
+    return Reassembled(message, complete, error)
 
 
 def _fold_block_delta(
-    data: Mapping[str, Any], blocks: dict[int, dict[str, Any]], partial_json: dict[int, list[str]]
+    delta: dict[str, Any],
+    index: int,
+    block: dict[str, Any],
+    partial_json: dict[int, list[str]],
+    pending: _Pending,
 ) -> None:
-    index = data.get("index")
-    delta = data.get("delta")
-    if not isinstance(index, int) or index not in blocks or not isinstance(delta, Mapping):
-        return
-    block = blocks[index]
     kind = delta.get("type")
     if kind == "text_delta":
-        _append_text(block, "text", delta.get("text"))
-    elif kind == "thinking_delta":
-        _append_text(block, "thinking", delta.get("thinking"))
-    elif kind == "signature_delta":
-        block["signature"] = delta.get("signature")
+        _append_text(block, "text", delta.get("text"), pending)
     elif kind == "input_json_delta":
         if isinstance(delta.get("partial_json"), str):
             partial_json.setdefault(index, []).append(delta["partial_json"])
+    elif kind == "thinking_delta":
+        _append_text(block, "thinking", delta.get("thinking"), pending)
+    elif kind == "signature_delta":
+        block["signature"] = delta.get("signature")
     elif kind == "citations_delta" and delta.get("citation") is not None:
         citations = block.get("citations")
         if not isinstance(citations, list):
             citations = block["citations"] = []
-        citations.append(copy.deepcopy(delta["citation"]))
+        citations.append(delta["citation"])
 
 
 def _parse_input(pieces: list[str]) -> Any:
@@ -414,79 +576,85 @@ def _parse_input(pieces: list[str]) -> Any:
         return {}
 
 
-def _as_mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _as_list(value: object) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _index(value: object, default: int) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
-
-
 # Gemini --------------------------------------------------------------------------------------
 
 
-def _reassemble_gemini(chunks: Iterable[dict[str, Any]]) -> Reassembled:
+def _reassemble_gemini(chunks: list[dict[str, Any]]) -> Reassembled:
     response: dict[str, Any] | None = None
     candidates: dict[int, dict[str, Any]] = {}
+    pending: _Pending = []
     error: dict[str, Any] | None = None
     for chunk in chunks:
-        if "error" in chunk and "candidates" not in chunk:
+        streamed = chunk.get("candidates")
+        if streamed is None and "error" in chunk and "candidates" not in chunk:
             error = chunk
             continue
         if response is None:
             response = {}
+        # Every field replaces unless null; the candidates are replaced by their merge at the end.
         for key, value in chunk.items():
-            if key != "candidates" and value is not None:
-                response[key] = copy.deepcopy(value)
-        for candidate in _as_list(chunk.get("candidates")):
-            if isinstance(candidate, Mapping):
-                _fold_candidate(candidate, candidates)
+            if value is not None:
+                response[key] = value
+        if not isinstance(streamed, list):
+            continue
+        for candidate in streamed:
+            if not isinstance(candidate, dict):
+                continue
+            index = candidate.get("index")
+            if type(index) is not int or index < 0:
+                index = 0
+            merged = candidates.get(index)
+            if merged is None:
+                merged = candidates[index] = {"content": {"role": "model", "parts": []}, "index": index}
+            for key, value in candidate.items():
+                if value is not None and key != "content":
+                    merged[key] = value
+            content = candidate.get("content")
+            if not isinstance(content, dict):
+                continue
+            role = content.get("role")
+            if role:
+                merged["content"]["role"] = role
+            added = content.get("parts")
+            if not isinstance(added, list):
+                continue
+            parts: list[dict[str, Any]] = merged["content"]["parts"]
+            for part in added:
+                if isinstance(part, dict) and not (parts and _joined_text(parts[-1], part, pending)):
+                    parts.append(part)
     if response is None:
         return Reassembled(None, False, error)
+    response.pop("candidates", None)
     if candidates:
         response["candidates"] = [candidates[index] for index in sorted(candidates)]
-    blocked = bool(_as_mapping(response.get("promptFeedback")).get("blockReason"))
+    feedback = response.get("promptFeedback")
+    blocked = isinstance(feedback, Mapping) and bool(feedback.get("blockReason"))
     finished = bool(candidates) and all(c.get("finishReason") for c in candidates.values())
-    return Reassembled(_joined(response), finished or blocked, error)
+    _join_texts(pending)
+    return Reassembled(response, finished or blocked, error)
 
 
-def _fold_candidate(candidate: Mapping[str, Any], candidates: dict[int, dict[str, Any]]) -> None:
-    index = _index(candidate.get("index"), 0)
-    merged = candidates.get(index)
-    if merged is None:
-        merged = candidates[index] = {"content": {"role": "model", "parts": []}, "index": index}
-    for key, value in candidate.items():
-        if key != "content" and value is not None:
-            merged[key] = copy.deepcopy(value)
-    content = _as_mapping(candidate.get("content"))
-    if content.get("role"):
-        merged["content"]["role"] = content["role"]
-    parts: list[dict[str, Any]] = merged["content"]["parts"]
-    for part in _as_list(content.get("parts")):
-        if not isinstance(part, Mapping):
-            continue
-        last = parts[-1] if parts else None
-        if last is not None and _joins(last, part):
-            _append_text(last, "text", part["text"])
-            for key, value in part.items():
-                if key != "text":
-                    last[key] = copy.deepcopy(value)
-        else:
-            parts.append(copy.deepcopy(dict(part)))
-
-
-def _joins(last: Mapping[str, Any], part: Mapping[str, Any]) -> bool:
-    """Adjacent text parts of one kind (thought or answer) are one part in the unstreamed answer."""
-    return (
-        isinstance(last.get("text"), str | _Text)
-        and isinstance(part.get("text"), str)
-        and bool(last.get("thought")) == bool(part.get("thought"))
-        and not ("thoughtSignature" in last and "thoughtSignature" in part)
-    )
+def _joined_text(last: dict[str, Any], part: dict[str, Any], pending: _Pending) -> bool:
+    """Fold ``part`` into ``last`` when both are text of one kind (thought or answer), as unstreamed."""
+    text = part.get("text")
+    current = last.get("text")
+    if (
+        not isinstance(text, str)
+        or not isinstance(current, str | _Text)
+        or bool(last.get("thought")) != bool(part.get("thought"))
+        or ("thoughtSignature" in last and "thoughtSignature" in part)
+    ):
+        return False
+    if isinstance(current, _Text):
+        current.append(text)
+    else:
+        last["text"] = _Text((current, text))
+        pending.append((last, "text"))
+    if len(part) > 1:
+        for key, value in part.items():
+            if key != "text":
+                last[key] = value
+    return True
 
 
 # Tool calls ----------------------------------------------------------------------------------
@@ -498,36 +666,71 @@ def tool_calls(operation: Operation, response: Mapping[str, Any]) -> list[dict[s
     Arguments sent as a JSON string are parsed leniently: a non-object becomes ``{"value": …}``
     and unparseable text ``{"_raw": text}``.
     """
-    found: list[dict[str, Any]] = []
+    return [_call(name, arguments) for name, arguments in _tool_call_sources(operation, response)]
+
+
+def count_tool_calls(operation: Operation, response: Mapping[str, Any]) -> int:
+    """``len(tool_calls(operation, response))``, without parsing any arguments."""
+    count = 0
+    if operation is Operation.CHAT_COMPLETIONS:
+        for choice in _as_list(response.get("choices")):
+            message = _as_mapping(_as_mapping(choice).get("message"))
+            count += len(_as_list(message.get("tool_calls")))
+            if _as_mapping(message.get("function_call")):
+                count += 1
+    elif operation is Operation.RESPONSES:
+        for item in _as_list(response.get("output")):
+            count += _as_mapping(item).get("type") in ("function_call", "custom_tool_call")
+    elif operation is Operation.MESSAGES:
+        for block in _as_list(response.get("content")):
+            count += _as_mapping(block).get("type") == "tool_use"
+    elif operation in (Operation.GENERATE_CONTENT, Operation.STREAM_GENERATE_CONTENT):
+        for candidate in _as_list(response.get("candidates")):
+            content = _as_mapping(_as_mapping(candidate).get("content"))
+            for part in _as_list(content.get("parts")):
+                count += bool(_as_mapping(_as_mapping(part).get("functionCall")))
+    return count
+
+
+def _tool_call_sources(operation: Operation, response: Mapping[str, Any]) -> Iterator[tuple[object, object]]:
+    """The name and raw arguments of every tool call, in order."""
     if operation is Operation.CHAT_COMPLETIONS:
         for choice in _as_list(response.get("choices")):
             message = _as_mapping(_as_mapping(choice).get("message"))
             for call in _as_list(message.get("tool_calls")):
                 function = _as_mapping(_as_mapping(call).get("function"))
-                found.append(_call(function.get("name"), function.get("arguments")))
+                yield function.get("name"), function.get("arguments")
             legacy = _as_mapping(message.get("function_call"))
             if legacy:
-                found.append(_call(legacy.get("name"), legacy.get("arguments")))
+                yield legacy.get("name"), legacy.get("arguments")
     elif operation is Operation.RESPONSES:
         for raw_item in _as_list(response.get("output")):
             item = _as_mapping(raw_item)
             if item.get("type") == "function_call":
-                found.append(_call(item.get("name"), item.get("arguments")))
+                yield item.get("name"), item.get("arguments")
             elif item.get("type") == "custom_tool_call":
-                found.append(_call(item.get("name"), {"input": item.get("input")}))
+                yield item.get("name"), {"input": item.get("input")}
     elif operation is Operation.MESSAGES:
         for raw_block in _as_list(response.get("content")):
             block = _as_mapping(raw_block)
             if block.get("type") == "tool_use":
-                found.append(_call(block.get("name"), block.get("input")))
+                yield block.get("name"), block.get("input")
     elif operation in (Operation.GENERATE_CONTENT, Operation.STREAM_GENERATE_CONTENT):
         for candidate in _as_list(response.get("candidates")):
             content = _as_mapping(_as_mapping(candidate).get("content"))
             for part in _as_list(content.get("parts")):
                 call = _as_mapping(_as_mapping(part).get("functionCall"))
                 if call:
-                    found.append(_call(call.get("name"), call.get("args")))
-    return found
+                    yield call.get("name"), call.get("args")
+
+
+def _as_mapping(value: object) -> Mapping[str, Any]:
+    # The ABC check is several times slower than the exact type check that answers for JSON.
+    return value if type(value) is dict or isinstance(value, Mapping) else {}
+
+
+def _as_list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _call(name: object, arguments: object) -> dict[str, Any]:
