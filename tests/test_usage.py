@@ -10,8 +10,9 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
+from tailgate import usage as usage_module
 from tailgate.dialects import Operation
-from tailgate.streams import iter_gemini_array, iter_sse
+from tailgate.streams import count_tool_calls, iter_gemini_array, iter_sse, reassemble, tool_calls
 from tailgate.usage import Usage, usage_from_response, usage_from_stream
 from tests.golden_corpus import CASES, GoldenCase
 
@@ -310,3 +311,73 @@ def test_stream_usage_is_partial_only_when_cut() -> None:
     assert reassembled.complete
     assert whole == Usage(input_tokens=9, output_tokens=30, response_model="claude-haiku-4-5")
     assert usage_from_stream(Operation.CHAT_COMPLETIONS, b"")[0] is None
+
+
+_ODD_COUNTS: list[Any] = [
+    None,
+    0,
+    7,
+    -3,
+    True,
+    False,
+    2.9,
+    -1.5,
+    float("nan"),
+    float("inf"),
+    "12",
+    [],
+    {},
+    2**70,
+]
+
+
+def test_counts_read_each_value_as_a_count() -> None:
+    assert [usage_module._count(value) for value in _ODD_COUNTS] == [
+        0,
+        0,
+        7,
+        0,
+        0,
+        0,
+        2,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        2**70,
+    ]
+    source = {str(position): value for position, value in enumerate(_ODD_COUNTS)}
+    keys = [*source, "missing"]
+    assert usage_module._counts(source, *keys) == [usage_module._count(source.get(key)) for key in keys]
+    for not_a_mapping in (None, 3, "x", [1], ["0"]):
+        assert usage_module._counts(not_a_mapping, "0", "1") == [0, 0]
+
+
+def test_tool_calls_are_counted_as_listed() -> None:
+    """The count never parses arguments, yet equals the length of the parsed list, junk included."""
+    answers: list[tuple[Operation, Any]] = [
+        (
+            case.operation,
+            case.body()
+            if not case.streamed
+            else reassemble(case.operation, case.raw, sse=case.form == "sse").response,
+        )
+        for case in CASES
+    ]
+    odd: list[Any] = [
+        {"choices": [{"message": {"tool_calls": ["junk", {}], "function_call": {"name": "f"}}}, "x", None]},
+        {"choices": [{"message": {"tool_calls": None, "function_call": {}}}], "output": "x"},
+        {"choices": [{"message": {"function_call": "f"}}, {"message": {"function_call": ["f"]}}]},
+        {"output": [{"type": "function_call"}, {"type": "custom_tool_call"}, {"type": ["x"]}, None]},
+        {"content": [{"type": "tool_use"}, "x", {"type": "text"}], "candidates": {"x": 1}},
+        {"candidates": [{"content": {"parts": [{"functionCall": {}}, {"functionCall": {"n": 1}}, 3]}}, None]},
+        {"choices": "x", "output": None, "content": 5, "candidates": [{"content": None}]},
+    ]
+    for operation in Operation:
+        answers += [(operation, answer) for answer in odd]
+    for operation, answer in answers:
+        if answer is None:
+            continue  # a stream that carried nothing
+        assert count_tool_calls(operation, answer) == len(tool_calls(operation, answer))
