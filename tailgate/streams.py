@@ -612,23 +612,36 @@ def _reassemble_gemini(chunks: list[dict[str, Any]]) -> Reassembled:
             content = candidate.get("content")
             if not isinstance(content, dict):
                 continue
+            merged_content = merged["content"]
             role = content.get("role")
             if role:
-                merged["content"]["role"] = role
+                merged_content["role"] = role
             added = content.get("parts")
             if not isinstance(added, list):
                 continue
-            parts: list[dict[str, Any]] = merged["content"]["parts"]
+            parts: list[dict[str, Any]] = merged_content["parts"]
             for part in added:
-                if isinstance(part, dict) and not (parts and _joined_text(parts[-1], part, pending)):
-                    parts.append(part)
+                if not isinstance(part, dict):
+                    continue
+                if parts:
+                    last = parts[-1]
+                    if len(part) == 1 and len(last) == 1:
+                        # The common part, more text after text: what _joined_text does with it.
+                        text = part.get("text")
+                        current = last.get("text")
+                        if type(current) is _Text and type(text) is str:
+                            current.append(text)
+                            continue
+                    if _joined_text(last, part, pending):
+                        continue
+                parts.append(part)
     if response is None:
         return Reassembled(None, False, error)
     response.pop("candidates", None)
     if candidates:
         response["candidates"] = [candidates[index] for index in sorted(candidates)]
     feedback = response.get("promptFeedback")
-    blocked = isinstance(feedback, Mapping) and bool(feedback.get("blockReason"))
+    blocked = isinstance(feedback, dict) and bool(feedback.get("blockReason"))
     finished = bool(candidates) and all(c.get("finishReason") for c in candidates.values())
     _join_texts(pending)
     return Reassembled(response, finished or blocked, error)
@@ -725,8 +738,10 @@ def _tool_call_sources(operation: Operation, response: Mapping[str, Any]) -> Ite
 
 
 def _as_mapping(value: object) -> Mapping[str, Any]:
-    # The ABC check is several times slower than the exact type check that answers for JSON.
-    return value if type(value) is dict or isinstance(value, Mapping) else {}
+    # The ABC check is several times slower than the checks that answer for JSON.
+    if type(value) is dict:
+        return value
+    return value if value is not None and isinstance(value, Mapping) else {}
 
 
 def _as_list(value: object) -> list[Any]:

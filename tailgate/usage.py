@@ -107,15 +107,22 @@ def _count(value: object) -> int:
 
 def _counts(source: object, *keys: str) -> list[int]:
     """:func:`_count` of each key's value in ``source``; all zero when it is not a mapping."""
-    if not _is_mapping(source):
+    if type(source) is not dict and (source is None or not isinstance(source, Mapping)):
         return [0] * len(keys)
-    # A plain positive int is the common case and needs no call.
-    return [value if type(value := source.get(key)) is int and value > 0 else _count(value) for key in keys]
+    counts = []
+    for key in keys:
+        value = source.get(key)
+        # A plain int or a missing value are the common cases, and need no call.
+        if type(value) is int:
+            counts.append(value if value > 0 else 0)
+        else:
+            counts.append(0 if value is None else _count(value))
+    return counts
 
 
 def _is_mapping(value: object) -> TypeGuard[Mapping[str, Any]]:
     # The ABC check is several times slower than the exact type check that answers for JSON.
-    return type(value) is dict or isinstance(value, Mapping)
+    return type(value) is dict or (value is not None and isinstance(value, Mapping))
 
 
 def _mapping(value: object) -> Mapping[str, Any]:
