@@ -1,36 +1,22 @@
-"""Streamed answers: SSE parsing, and reassembly into the answer the call would have given unstreamed.
+"""Streamed answers reassembled into the answer the call would have given unstreamed; tool calls.
 
 Pure functions over the raw bytes a client received (no HTTP objects), so the same code serves
 live metering, cut streams and re-reading a stored capture. The recorder runs this once per
-streamed request, so it is written for CPU: events are cut from the bytes without decoding the
-body, each is parsed by one ``orjson.loads`` and folded in place (parsed objects are never
-shared, so nothing is copied), and streamed strings are joined once at the end.
+streamed request, so it is written for CPU: events come parsed from :mod:`tailgate.framing`,
+are folded in place (parsed objects are never shared, so nothing is copied) and streamed
+strings are joined once at the end.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from itertools import repeat
 from typing import Any
 
 import orjson
 
 from tailgate.dialects import Operation
-
-_BOM = b"\xef\xbb\xbf"
-_loads = orjson.loads
-_JSONError = orjson.JSONDecodeError
-
-Frame = tuple[bytes | None, bytes]
-"""One SSE event as cut from the body: its ``event:`` name (``None`` when unnamed) and its data."""
-
-
-@dataclass(frozen=True, slots=True)
-class SseEvent:
-    event: str | None
-    data: str
+from tailgate.framing import Frame, event_name, gemini_objects, loads_lenient, sse_frames, sse_objects
 
 
 @dataclass(slots=True)
@@ -43,140 +29,6 @@ class Reassembled:
     """The payload of an error event sent mid-stream, as sent."""
 
 
-def iter_sse(raw: bytes, *, include_incomplete: bool = False) -> Iterator[SseEvent]:
-    """Events of an SSE body: ``\\n``, ``\\r\\n`` or ``\\r`` line ends, ``data:`` lines joined by ``\\n``.
-
-    An event is yielded at its terminating blank line; a trailing event without one (a cut
-    stream) only when ``include_incomplete``. Comment lines and events without data are skipped.
-    Invalid UTF-8 reads as U+FFFD.
-    """
-    frames, cut = sse_frames(raw)
-    if cut and not include_incomplete:
-        frames.pop()
-    for name, data in frames:
-        yield SseEvent(_text(name), data.decode("utf-8", "replace"))
-
-
-def sse_frames(raw: bytes) -> tuple[list[Frame], bool]:
-    """Every event of an SSE body as bytes, and whether the last one was cut before its blank line.
-
-    The same events as :func:`iter_sse` (which decodes these), without decoding the body.
-    """
-    if raw[:3] == _BOM:
-        raw = raw[3:]
-    if raw.find(b"\r") < 0:
-        lines = raw.split(b"\n")
-        if not lines[-1]:
-            lines.pop()  # what follows a final line break, when empty, is not a blank line
-    else:
-        # LF, CR LF and lone CR are line ends, as in the spec; slower than split, and it leaves
-        # out the piece after a final line break itself.
-        lines = raw.splitlines()
-    frames = _uniform_frames(lines)
-    if frames is not None:
-        return frames
-    return _general_frames(lines)
-
-
-def _uniform_frames(lines: list[bytes]) -> tuple[list[Frame], bool] | None:
-    """The common framings, ``data:`` lines or ``event:`` and ``data:`` pairs, read whole; else ``None``."""
-    if not any(lines[1::2]):
-        datas = lines[::2]
-        if all(map(bytes.startswith, datas, repeat(b"data: "))):
-            return list(zip(repeat(None), [line[6:] for line in datas])), len(lines) % 2 == 1
-    elif not any(lines[2::3]):
-        heads = lines[::3]
-        datas = lines[1::3]
-        # A name left after the last data line is an event cut before its data: not an event.
-        if all(map(bytes.startswith, datas, repeat(b"data: "))):
-            # Streams repeat a few event names: look each one up once.
-            distinct = set(heads)
-            names = {head: head[7:] or None for head in distinct if head.startswith(b"event: ")}
-            if len(names) == len(distinct):
-                frames = zip(map(names.__getitem__, heads), [line[6:] for line in datas], strict=False)
-                return list(frames), len(lines) % 3 == 2
-    return None
-
-
-def _general_frames(lines: list[bytes]) -> tuple[list[Frame], bool]:
-    frames: list[Frame] = []
-    name: bytes | None = None
-    data: bytes | None = None
-    more: list[bytes] | None = None
-    for line in lines:
-        if not line:
-            if data is not None:
-                frames.append((name, data if more is None else b"\n".join(more)))
-                data = more = None
-            name = None
-            continue
-        if line.startswith(b"data: "):
-            value = line[6:]
-        else:
-            field, colon, value = line.partition(b":")
-            if colon and value.startswith(b" "):
-                value = value[1:]
-            if field != b"data":
-                if field == b"event":
-                    name = value or None
-                continue
-        if data is None:
-            data = value
-        elif more is None:
-            more = [data, value]
-        else:
-            more.append(value)
-    if data is not None:
-        frames.append((name, data if more is None else b"\n".join(more)))
-        return frames, True
-    return frames, False
-
-
-def iter_gemini_array(raw: bytes) -> Iterator[dict[str, Any]]:
-    """The complete top-level objects of a (possibly cut) JSON array, or of bare concatenated objects."""
-    return iter(_gemini_array(raw))
-
-
-def _gemini_array(raw: bytes) -> list[dict[str, Any]]:
-    # A whole array parses in one call. orjson reads integers past 64 bits as floats where the
-    # text decoder keeps them exact, and an array nested in the array ends the scan below, so
-    # those (and every cut or odd body) take the scan.
-    if raw.translate(_DIGIT_RUNS).find(_LONG_NUMBER) < 0:
-        try:
-            value = _loads(raw)
-        except _JSONError:
-            value = None
-        if isinstance(value, dict):
-            return [value]
-        if isinstance(value, list) and not any(isinstance(item, list) for item in value):
-            return [item for item in value if isinstance(item, dict)]
-    return list(_scan_gemini_array(raw))
-
-
-_DIGIT_RUNS = bytes(48 if 48 <= byte <= 57 else 32 for byte in range(256))
-_LONG_NUMBER = b"0" * 19
-
-
-def _scan_gemini_array(raw: bytes) -> Iterator[dict[str, Any]]:
-    text = raw.decode("utf-8", errors="replace")
-    decoder = json.JSONDecoder()
-    position = 0
-    size = len(text)
-    while position < size:
-        char = text[position]
-        if char in " \t\r\n,[\ufeff":
-            position += 1
-            continue
-        if char == "]":
-            return
-        try:
-            value, position = decoder.raw_decode(text, position)
-        except json.JSONDecodeError:
-            return
-        if isinstance(value, dict):
-            yield value
-
-
 def reassemble(operation: Operation, raw: bytes, *, sse: bool = True) -> Reassembled:
     """Rebuild the unstreamed answer of ``operation`` from its streamed body.
 
@@ -186,43 +38,18 @@ def reassemble(operation: Operation, raw: bytes, *, sse: bool = True) -> Reassem
     if operation is Operation.CHAT_COMPLETIONS:
         return _reassemble_chat(sse_frames(raw)[0])
     if operation is Operation.RESPONSES:
-        return _reassemble_responses(_sse_objects(raw))
+        return _reassemble_responses(sse_objects(raw))
     if operation is Operation.MESSAGES:
-        return _reassemble_messages(_sse_objects(raw))
+        return _reassemble_messages(sse_objects(raw))
     if operation in (Operation.GENERATE_CONTENT, Operation.STREAM_GENERATE_CONTENT):
-        chunks = [data for _, data in _sse_objects(raw)] if sse else _gemini_array(raw)
+        chunks = [data for _, data in sse_objects(raw)] if sse else gemini_objects(raw)
         return _reassemble_gemini(chunks)
     return Reassembled(None, False, None)
 
 
-def _sse_objects(raw: bytes) -> list[tuple[bytes | None, dict[str, Any]]]:
-    """The events whose data is a JSON object, parsed."""
-    objects = []
-    for name, data in sse_frames(raw)[0]:
-        try:
-            value = _loads(data)
-        except _JSONError:
-            value = _loads_replacing(data)
-        if isinstance(value, dict):
-            objects.append((name, value))
-    return objects
-
-
-def _loads_replacing(data: bytes) -> Any:
-    """``data`` parsed with invalid UTF-8 read as U+FFFD (as a decoded body reads); ``None`` if not JSON."""
-    try:
-        return _loads(data.decode("utf-8", "replace"))
-    except _JSONError:
-        return None
-
-
-def _text(name: bytes | None) -> str | None:
-    return name.decode("utf-8", "replace") if name is not None else None
-
-
 def _kind(data: dict[str, Any], name: bytes | None) -> Any:
     """An event's type: its data's ``type``, else its SSE ``event:`` name."""
-    return data.get("type") or _text(name)
+    return data.get("type") or event_name(name)
 
 
 class _Text(list[str]):
@@ -284,13 +111,13 @@ def _reassemble_chat(frames: list[Frame]) -> Reassembled:
             complete = True
             continue
         try:
-            chunk = _loads(data)
-        except _JSONError:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
             # Not JSON, so possibly the end marker with spaces around it.
             if data.decode("utf-8", "replace").strip() == "[DONE]":
                 complete = True
                 continue
-            chunk = _loads_replacing(data)
+            chunk = loads_lenient(data)
         if not isinstance(chunk, dict):
             continue
         streamed = chunk.get("choices")
@@ -501,7 +328,7 @@ def _reassemble_messages(events: list[tuple[bytes | None, dict[str, Any]]]) -> R
     complete = False
     error: dict[str, Any] | None = None
     for name, data in events:
-        kind = data.get("type") or _text(name)
+        kind = data.get("type") or event_name(name)
         if kind == "content_block_delta":
             index = data.get("index")
             delta = data.get("delta")

@@ -16,7 +16,8 @@ from typing import Any
 import orjson
 
 from tailgate.dialects import Operation
-from tailgate.streams import Reassembled, SseEvent
+from tailgate.framing import SseEvent
+from tailgate.streams import Reassembled
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 

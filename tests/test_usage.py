@@ -12,7 +12,8 @@ from pydantic import TypeAdapter
 
 from tailgate import usage as usage_module
 from tailgate.dialects import Operation
-from tailgate.streams import count_tool_calls, iter_gemini_array, iter_sse, reassemble, tool_calls
+from tailgate.framing import iter_gemini_array, iter_sse
+from tailgate.streams import count_tool_calls, reassemble, tool_calls
 from tailgate.usage import Usage, usage_from_response, usage_from_stream
 from tests.golden_corpus import CASES, GoldenCase
 
