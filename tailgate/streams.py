@@ -47,11 +47,6 @@ def reassemble(operation: Operation, raw: bytes, *, sse: bool = True) -> Reassem
     return Reassembled(None, False, None)
 
 
-def _kind(data: dict[str, Any], name: bytes | None) -> Any:
-    """An event's type: its data's ``type``, else its SSE ``event:`` name."""
-    return data.get("type") or event_name(name)
-
-
 class _Text(list[str]):
     """The pieces of a streamed string, joined once at the end (repeated ``+=`` is quadratic)."""
 
@@ -233,9 +228,10 @@ _RESPONSES_TERMINAL = ("response.completed", "response.incomplete", "response.fa
 
 def _reassemble_responses(events: list[tuple[bytes | None, dict[str, Any]]]) -> Reassembled:
     error: dict[str, Any] | None = None
-    # The terminal event carries the whole answer: with one, only errors before it matter.
+    # The terminal event carries the whole answer: with one, only the errors before it matter.
+    # An event's type is its data's ``type``, else its SSE ``event:`` name.
     for name, data in events:
-        kind = _kind(data, name)
+        kind = data.get("type") or event_name(name)
         if kind == "error":
             error = data
         elif kind in _RESPONSES_TERMINAL and isinstance(data.get("response"), dict):
@@ -243,11 +239,12 @@ def _reassemble_responses(events: list[tuple[bytes | None, dict[str, Any]]]) -> 
             if kind == "response.failed" and isinstance(final.get("error"), dict):
                 error = final["error"]
             return Reassembled(final, True, error)
+    # Cut before its end: the last snapshot of the response, with the items streamed since.
     response: dict[str, Any] | None = None
     items: dict[int, dict[str, Any]] = {}
     pending: _Pending = []
     for name, data in events:
-        kind = _kind(data, name)
+        kind = data.get("type") or event_name(name)
         if kind == "error":
             continue
         if isinstance(data.get("response"), dict):
