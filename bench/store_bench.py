@@ -20,10 +20,12 @@ from collections.abc import Callable, Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
+import orjson
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tailgate.record import Capture, Outcome, Record
-from tailgate.store import RecordFilter, SessionFilter, SQLiteStore, UsageQuery
+from tailgate.store import RecordFilter, SessionFilter, SQLiteStore, Store, UsageQuery, open_store
 from tailgate.store.serialize import encode_cursor
 from tailgate.usage import Usage
 
@@ -153,6 +155,7 @@ def size(result: object) -> str:
 def queries(store: SQLiteStore) -> list[tuple[str, Callable[[], object]]]:
     last_day = date(2026, 1, 1) - timedelta(days=1)
     month = UsageQuery(since=last_day - timedelta(days=29), until=last_day)
+    week = UsageQuery(since=last_day - timedelta(days=6), until=last_day)  # what the dashboard asks at once
     heavy = "user000@example.com"
     light = "user150@example.com"
     middle = store.list_records(RecordFilter(until_ms=START_MS + 45 * DAY_MS), limit=1).items[0]
@@ -201,30 +204,133 @@ def queries(store: SQLiteStore) -> list[tuple[str, Callable[[], object]]]:
             "usage: CSV rows (day, principal, model), 30 days",
             lambda: store.usage(month, ("day", "principal", "model")),
         ),
+        ("usage: CSV rows, usage_rows(), 30 days", lambda: store.usage_rows(month)),
+        ("usage: CSV rows, usage_rows(), 7 days", lambda: store.usage_rows(week)),
     ]
 
 
-def insert_throughput(store: SQLiteStore, batches: int, capture_bytes: int) -> float:
-    """Rows per second of ``insert_records`` with batches of 500 new, newest records."""
-    body = os.urandom(capture_bytes // 2).hex().encode() if capture_bytes else b""
+_WORD_TEXT = (
+    "the a to of and in that is for it on with as this be you are can not but what do by your use "
+    "function return value error file test code data list string request response model token user "
+    "server client config python rust query index table write read cache stream chunk batch json"
+)
+WORDS = _WORD_TEXT.split()
+REQUEST_HEADERS = [
+    ("host", "ai.example.ts.net"),
+    ("content-type", "application/json"),
+    ("accept", "application/json"),
+    ("authorization", "[redacted]"),
+    ("user-agent", "OpenAI/Python 1.99.1"),
+    ("x-stainless-lang", "python"),
+    ("x-stainless-package-version", "1.99.1"),
+    ("x-stainless-os", "Linux"),
+    ("x-stainless-runtime", "CPython"),
+    ("x-stainless-runtime-version", "3.12.3"),
+    ("x-stainless-retry-count", "0"),
+    ("content-length", "1400"),
+]
+RESPONSE_HEADERS = [
+    ("date", "Thu, 01 Jan 2026 00:00:00 GMT"),
+    ("content-type", "application/json"),
+    ("openai-organization", "org-example"),
+    ("openai-processing-ms", "812"),
+    ("openai-version", "2020-10-01"),
+    ("x-ratelimit-limit-requests", "10000"),
+    ("x-ratelimit-remaining-requests", "9999"),
+    ("x-ratelimit-reset-requests", "6ms"),
+    ("x-request-id", "req_0123456789abcdef"),
+    ("cf-cache-status", "DYNAMIC"),
+    ("server", "cloudflare"),
+]
+
+
+def _text(rng: random.Random, size: int) -> str:
+    words: list[str] = []
+    length = 0
+    while length < size:
+        word = rng.choice(WORDS)
+        words.append(word)
+        length += len(word) + 1
+    return " ".join(words)
+
+
+def chat_capture(rng: random.Random, kind: str) -> Capture:
+    """A capture shaped like a real chat call: ``"chat"`` has 1-2 kB JSON bodies, ``"8k"`` 8 kB each."""
+    if kind == "8k":
+        body = rng.randbytes(4000).hex().encode()
+        return Capture(request_body=body, response_body=body, tool_calls=[{"name": "x", "params": {}}])
+    request = orjson.dumps(
+        {
+            "model": "gpt-4o-mini",
+            "messages": [
+                {"role": "system", "content": _text(rng, 300)},
+                {"role": "user", "content": _text(rng, rng.randint(600, 1400))},
+            ],
+            "temperature": 0.2,
+        }
+    )
+    response = orjson.dumps(
+        {
+            "id": f"chatcmpl-{rng.getrandbits(96):024x}",
+            "object": "chat.completion",
+            "created": 1767225600,
+            "model": "gpt-4o-mini-2024-07-18",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": _text(rng, rng.randint(700, 1600))},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 412, "completion_tokens": 288, "total_tokens": 700},
+        }
+    )
+    return Capture(
+        request_headers=REQUEST_HEADERS,
+        request_body=request,
+        response_headers=RESPONSE_HEADERS,
+        response_body=response,
+    )
+
+
+def insert_batches(batches: int, capture: str, start_ms: int) -> list[list[Record]]:
+    """``batches`` batches of 500 new records from ``start_ms`` on, with captures of kind ``capture``.
+
+    One stream, 4 000 requests a second (a gateway core's rate): sessions go on across batches,
+    as a gateway's do.
+    """
+    rng = random.Random(capture)
+    marker = capture[:2].encode().hex()
+    stream = []
+    for i, r in enumerate(synthetic(batches * 500, seed=1000 + start_ms % 1000)):
+        r.ts_ms = start_ms + i // 4
+        r.id = f"{r.ts_ms:012x}{marker:>04}{i:010x}"
+        if capture != "none":
+            r.capture = chat_capture(rng, capture)
+        stream.append(r)
+    return [stream[b * 500 : (b + 1) * 500] for b in range(batches)]
+
+
+def insert_throughput(store: Store, batches: int, capture: str) -> tuple[float, float]:
+    """Rows per second of ``insert_records`` with batches of 500 new, newest records, and the
+    CPU µs per row this process spent (every thread: the store's checkpoints too)."""
     # Later than every generated record, and new on every run (a rerun must not insert nothing).
-    base = END_MS + DAY_MS + time.time_ns() // 1_000_000 % DAY_MS
-    records = []
-    for b in range(batches):
-        batch = []
-        for r in synthetic(500, seed=1000 + b):
-            r.id = f"{base + b:012x}{capture_bytes:06x}{int(r.id[12:], 16):08x}"
-            r.ts_ms = base + b
-            if body:
-                r.capture = Capture(
-                    request_body=body, response_body=body, tool_calls=[{"name": "x", "params": {}}]
-                )
-            batch.append(r)
-        records.append(batch)
-    started = time.perf_counter()
+    start = END_MS + DAY_MS + time.time_ns() // 1_000_000 % DAY_MS
+    records = insert_batches(batches, capture, start)
+    started, cpu = time.perf_counter(), time.process_time()
     for batch in records:
-        store.insert_records(batch)
-    return batches * 500 / (time.perf_counter() - started)
+        assert store.insert_records(batch) == len(batch)
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return batches * 500 / elapsed, cpu / (batches * 500) * 1e6
+
+
+CAPTURES = {"none": "without captures", "chat": "with 1-2 kB chat captures", "8k": "with 8 kB captures"}
+
+
+def report_inserts(store: Store, batches: int) -> None:
+    for capture, what in CAPTURES.items():
+        rate, cpu = insert_throughput(store, batches, capture)
+        print(f"insert_records, batches of 500, {what}: {rate:,.0f} rows/s, {cpu:.0f} µs CPU/row", flush=True)
 
 
 def main() -> None:
@@ -232,6 +338,9 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=10_000_000)
     parser.add_argument("--db", default="/tmp/tailgate-bench.db")
     parser.add_argument("--fresh", action="store_true", help="delete the database first")
+    parser.add_argument("--batches", type=int, default=40, help="batches of 500 per insert test")
+    parser.add_argument("--inserts-only", action="store_true", help="skip the query timings")
+    parser.add_argument("--postgres", metavar="URL", help="also time inserts on this (empty) database")
     args = parser.parse_args()
     if args.fresh:
         for suffix in ("", "-wal", "-shm"):
@@ -252,17 +361,21 @@ def main() -> None:
         f"{store._read('SELECT COUNT(*) FROM sessions')[0][0]:,} sessions"
     )
     print()
-    print(f"| {'query':<52} | median ms | worst ms | rows |")
-    print(f"|{'-' * 54}|----------:|---------:|-----:|")
-    for name, fn in queries(store):
-        median, worst, result = timed(fn)
-        print(f"| {name:<52} | {median:9.2f} | {worst:8.2f} | {size(result):>4} |")
-    print()
-    for capture_bytes in (0, 8000):
-        rate = insert_throughput(store, 40, capture_bytes)
-        what = f"with {capture_bytes // 1000} kB captures" if capture_bytes else "without captures"
-        print(f"insert_records, batches of 500, {what}: {rate:,.0f} rows/s")
+    if not args.inserts_only:
+        print(f"| {'query':<52} | median ms | worst ms | rows |")
+        print(f"|{'-' * 54}|----------:|---------:|-----:|")
+        for name, fn in queries(store):
+            median, worst, result = timed(fn)
+            print(f"| {name:<52} | {median:9.2f} | {worst:8.2f} | {size(result):>4} |")
+        print()
+    report_inserts(store, args.batches)
     store.close()
+    if args.postgres:
+        print("PostgreSQL:")
+        pg = open_store(args.postgres)
+        pg.migrate()
+        report_inserts(pg, args.batches)
+        pg.close()
 
 
 if __name__ == "__main__":

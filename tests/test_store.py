@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
+import multiprocessing
 import os
+import sqlite3
 import threading
 import time
 from collections import defaultdict
 from dataclasses import replace
 from datetime import UTC, date, datetime
+from typing import Any
 
 import pytest
 
@@ -515,6 +519,106 @@ def test_close_waits_for_other_threads_then_refuses_them(tmp_path: str) -> None:
     reopened = SQLiteStore(path)
     assert reopened.read("SELECT name FROM quota_buckets") == [("a",)]
     reopened.close()
+
+
+def _hold_writer_byte(path: str, held: Any, release: Any) -> None:
+    """Another process holding the database's writer lock until told to let go."""
+    fd = os.open(path + "-writer", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.lockf(fd, fcntl.LOCK_EX, 1, 0)
+    held.set()
+    release.wait(20)
+    os.close(fd)
+
+
+def test_a_writer_in_another_process_is_waited_for_then_timed_out(tmp_path: str) -> None:
+    path = f"{tmp_path}/p.db"
+    store = SQLiteStore(path, busy_timeout=0.3)
+    store.migrate()
+    ctx = multiprocessing.get_context("spawn")
+    held, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_writer_byte, args=(path, held, release))
+    holder.start()
+    assert held.wait(20)
+    started = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        store.insert_records(spread(3))
+    assert 0.25 < time.monotonic() - started < 3
+    threading.Timer(0.2, release.set).start()
+    started = time.monotonic()
+    store.busy_timeout = 10
+    assert store.insert_records(spread(3)) == 3  # waits for the other process, then goes ahead
+    assert 0.1 < time.monotonic() - started < 5
+    holder.join(10)
+    store.close()
+
+
+def _take_turns(path: str, start: Any, out: Any) -> None:
+    """Four threads committing back to back for a second; the longest wait for the lock."""
+    store = SQLiteStore(path)
+    start.wait(20)
+    stop = time.monotonic() + 1.0
+    waits: list[float] = []
+
+    def hammer() -> None:
+        while time.monotonic() < stop:
+            t = time.monotonic()
+            store.transaction(lambda tx: tx.execute("UPDATE quota_buckets SET balance_nd = balance_nd + 1"))
+            waits.append(time.monotonic() - t)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    out.put((len(waits), max(waits)))
+    store.close()
+
+
+def test_busy_processes_take_turns(tmp_path: str) -> None:
+    # Threads of one process hand the lock to each other at once; without the turnstile a
+    # process whose threads always want it would keep it, and the other would wait its whole
+    # busy timeout in SQLite's busy handler.
+    path = f"{tmp_path}/t.db"
+    store = SQLiteStore(path)
+    store.migrate()
+    store.transaction(lambda tx: tx.execute("INSERT INTO quota_buckets VALUES ('n', 0, 0, 1, 0, 1)"))
+    ctx = multiprocessing.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_take_turns, args=(path, start, out)) for _ in range(2)]
+    for proc in procs:
+        proc.start()
+    start.set()
+    results = [out.get(timeout=30) for _ in procs]
+    for proc in procs:
+        proc.join(10)
+    commits = [n for n, _ in results]
+    assert min(commits) > 0.25 * sum(commits), results
+    assert max(longest for _, longest in results) < 0.5, results
+    assert store.read("SELECT balance_nd FROM quota_buckets") == [(sum(commits),)]
+    store.close()
+
+
+def test_checkpoints_run_in_their_own_thread(tmp_path: str) -> None:
+    store = SQLiteStore(f"{tmp_path}/k.db", checkpoint_frames=64)
+    store.migrate()
+    # Writers checkpoint only as a backstop, far beyond what the checkpointer lets pile up.
+    assert store.read("PRAGMA wal_autocheckpoint") == [(256,)]
+    assert store.checkpointer.pending() is not None
+    for day in range(6):
+        store.insert_records(spread(100, start=T0 + day * DAY_MS, step=60_000, capture=True))
+    for _ in range(500):  # at most 5 s
+        pending = store.checkpointer.pending()
+        if store.checkpointer.checkpoints and pending is not None and pending < 64:
+            break
+        time.sleep(0.01)
+    assert store.checkpointer.checkpoints >= 1
+    pending = store.checkpointer.pending()
+    assert pending is not None and pending < 64
+    store.read("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert store.checkpointer.pending() == 0
+    assert len(all_pages(store, RecordFilter(), 1000)) == 600
+    store.close()
+    assert not store.checkpointer._thread or not store.checkpointer._thread.is_alive()
 
 
 # -- retention ------------------------------------------------------------------------------

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from tailgate.store.base import Row
+from tailgate.store.checkpoint import Checkpointer
 from tailgate.store.migrations import Backend
 from tailgate.store.serialize import RECORD_COLUMNS
 from tailgate.store.sql import SQLStore, Tx
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: threads still queue, processes use busy_timeout
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -22,29 +30,107 @@ _INSERT_RECORD = (
 )
 # SQLite's limit on bound parameters is 32766 since 3.32; stay well below it.
 _IN_CHUNK = 900
+# A checkpoint syncs the file; a batch of records touches many index pages, so letting the WAL
+# reach ~32 MB between checkpoints measured 1.4-1.8x the insert rate of 4 MB. The checkpointer
+# thread runs them; writers do only past four times that, if it falls behind.
+CHECKPOINT_FRAMES = 8192
+_WRITER_BYTE, _TURNSTILE_BYTE = 0, 1
 
-_writers: dict[str, threading.RLock] = {}
+
+class _Writer:
+    """Lets one write transaction at a time run on a database file, without starving anyone.
+
+    Threads of this process queue on a lock. Processes take byte 0 of ``<path>-writer`` (a POSIX
+    record lock), polled every 0.2-1 ms: that wakes a waiter about when the holder commits, where
+    SQLite's busy handler sleeps 1, 2, 5, 10 … 100 ms between tries and leaves the database idle
+    meanwhile. A process waiting for byte 0 holds byte 1, the turnstile, which every process
+    passes first: a process that has just committed queues behind the waiter instead of taking
+    byte 0 again at once, so busy processes take turns.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path + "-writer"
+        self.lock = threading.RLock()
+        self._depth = 0
+        self._fd = -1
+
+    def acquire(self, timeout: float) -> None:
+        self.lock.acquire()
+        if self._depth == 0:
+            try:
+                self._lock_file(timeout)
+            except BaseException:
+                self.lock.release()
+                raise
+        self._depth += 1
+
+    def release(self) -> None:
+        self._depth -= 1
+        if self._depth == 0 and fcntl is not None:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, _WRITER_BYTE)
+        self.lock.release()
+
+    def _lock_file(self, timeout: float) -> None:
+        if fcntl is None:
+            return
+        if self._fd < 0:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + timeout
+        self._take(_TURNSTILE_BYTE, deadline)
+        try:
+            self._take(_WRITER_BYTE, deadline)
+        finally:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, _TURNSTILE_BYTE)
+
+    def _take(self, byte: int, deadline: float) -> None:
+        assert fcntl is not None
+        delay = 0.0002
+        while True:
+            try:
+                fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, byte)
+                return
+            except OSError as e:  # EAGAIN or EACCES: another process holds it
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise sqlite3.OperationalError("database is locked (by another process)") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.001)
+
+    def forget(self) -> None:
+        """In a forked child: start afresh (record locks are not inherited; the parent's are its own)."""
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+        self.lock = threading.RLock()
+        self._depth = 0
+
+
+_writers: dict[str, _Writer] = {}
 _writers_guard = threading.Lock()
 
 
-def _writer_lock(path: str) -> threading.RLock:
-    """The lock that serialises this process's write transactions on the database at ``path``."""
+def _writer_for(path: str) -> _Writer:
+    """The writer of the database at ``path``, shared by every store object of this process."""
     key = os.path.realpath(path)
     with _writers_guard:
-        lock = _writers.get(key)
-        if lock is None:
-            lock = _writers[key] = threading.RLock()
-        return lock
+        writer = _writers.get(key)
+        if writer is None:
+            writer = _writers[key] = _Writer(key)
+        return writer
 
 
-def _forget_writer_locks() -> None:
+def _forget_writers() -> None:
     # A lock held by another thread at fork time would stay held forever in the child.
     global _writers_guard
     _writers_guard = threading.Lock()
+    for writer in _writers.values():
+        writer.forget()
     _writers.clear()
 
 
-os.register_at_fork(after_in_child=_forget_writer_locks)
+os.register_at_fork(after_in_child=_forget_writers)
 
 
 class _Connection:
@@ -75,15 +161,23 @@ class _SQLiteTx:
 class SQLiteStore(SQLStore):
     """A SQLite database file; one connection per thread, writes in ``BEGIN IMMEDIATE`` transactions.
 
-    Write transactions of one process take an in-process lock first (one per database file,
-    shared by every store object on it), so the recorder and the quota ledger queue on a lock
-    that wakes the next writer at once, rather than in SQLite's busy handler, which sleeps
-    1, 2, 5, 10 … ms between tries. Between processes the busy handler still decides.
+    Write transactions take the file's writer lock first (:class:`_Writer`: one per database
+    file and process, shared by every store object on it), so the recorder and the quota ledger,
+    and the worker processes, queue on locks that wake the next writer about at once, not in
+    SQLite's sleeping busy handler (which still covers other programs writing the file). WAL
+    checkpoints run in a thread of their own (:mod:`tailgate.store.checkpoint`).
     """
 
     backend: Backend = "sqlite"
 
-    def __init__(self, path: str, *, busy_timeout: float = 5.0, cache_mb: int = 64) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        busy_timeout: float = 5.0,
+        cache_mb: int = 64,
+        checkpoint_frames: int = CHECKPOINT_FRAMES,
+    ) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
         self.cache_mb = cache_mb
@@ -92,7 +186,8 @@ class SQLiteStore(SQLStore):
         self._local = threading.local()
         self._connections: list[_Connection] = []
         self._lock = threading.Lock()
-        self._writer = _writer_lock(path)
+        self._writer = _writer_for(path)
+        self.checkpointer = Checkpointer(path, checkpoint_frames, busy_timeout)
         self._closed = False
 
     def _hold(self) -> _Connection:
@@ -118,9 +213,7 @@ class SQLiteStore(SQLStore):
         db.execute("PRAGMA synchronous = NORMAL")
         # After a burst the WAL is truncated back to this size at the next checkpoint.
         db.execute("PRAGMA journal_size_limit = 67108864")
-        # A checkpoint syncs the file; a batch of records touches many index pages, so letting
-        # the WAL reach ~32 MB between checkpoints measured 1.4-1.8x the insert rate of 4 MB.
-        db.execute("PRAGMA wal_autocheckpoint = 8192")
+        db.execute(f"PRAGMA wal_autocheckpoint = {4 * self.checkpointer.frames}")
         db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         db.execute(f"PRAGMA cache_size = -{self.cache_mb * 1024}")
         conn = _Connection(db)
@@ -140,12 +233,17 @@ class SQLiteStore(SQLStore):
             conn.in_use.release()
 
     def transaction(self, work: Callable[[Tx], R]) -> R:
-        with self._writer:
+        self._writer.acquire(self.busy_timeout)
+        try:
             conn = self._hold()
             try:
-                return _run(conn.db, work)
+                result = _run(conn.db, work)
             finally:
                 conn.in_use.release()
+        finally:
+            self._writer.release()
+        self.checkpointer.committed()
+        return result
 
     def _insert_new(self, tx: Tx, rows: list[Row]) -> set[str]:
         # Safe without RETURNING: BEGIN IMMEDIATE makes this the only writer until commit.
@@ -183,6 +281,7 @@ class SQLiteStore(SQLStore):
         with self._lock:
             self._closed = True
             connections, self._connections = self._connections, []
+        self.checkpointer.close()
         for conn in connections:
             # Waits for a statement another thread is running; the busy timeout bounds it.
             if not conn.in_use.acquire(timeout=self.busy_timeout + 5):
