@@ -617,8 +617,11 @@ def test_checkpoints_run_in_their_own_thread(tmp_path: str) -> None:
     store.read("PRAGMA wal_checkpoint(TRUNCATE)")
     assert store.checkpointer.pending() == 0
     assert len(all_pages(store, RecordFilter(), 1000)) == 600
+    store.insert_records([sample_record(1000, T0, prefix="z")])  # wakes the checkpointer
+    started = time.monotonic()
     store.close()
-    assert not store.checkpointer._thread or not store.checkpointer._thread.is_alive()
+    assert time.monotonic() - started < 2
+    assert store.checkpointer._thread is not None and not store.checkpointer._thread.is_alive()
 
 
 # -- retention ------------------------------------------------------------------------------

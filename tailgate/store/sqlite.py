@@ -66,9 +66,11 @@ class _Writer:
 
     def release(self) -> None:
         self._depth -= 1
-        if self._depth == 0 and fcntl is not None:
-            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, _WRITER_BYTE)
-        self.lock.release()
+        try:
+            if self._depth == 0 and fcntl is not None:
+                fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, _WRITER_BYTE)
+        finally:
+            self.lock.release()
 
     def _lock_file(self, timeout: float) -> None:
         if fcntl is None:
@@ -122,12 +124,12 @@ def _writer_for(path: str) -> _Writer:
 
 
 def _forget_writers() -> None:
-    # A lock held by another thread at fork time would stay held forever in the child.
+    # A lock held by another thread at fork time would stay held forever in the child. The
+    # writers stay registered, so store objects from before the fork share them with new ones.
     global _writers_guard
     _writers_guard = threading.Lock()
     for writer in _writers.values():
         writer.forget()
-    _writers.clear()
 
 
 os.register_at_fork(after_in_child=_forget_writers)
