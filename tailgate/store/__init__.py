@@ -6,12 +6,14 @@ import os
 from urllib.parse import unquote, urlsplit
 
 from tailgate.store.base import (
+    USAGE_ROW_COLUMNS,
     Page,
     RecordFilter,
     SessionFilter,
     SessionSummary,
     Store,
     Totals,
+    Tx,
     UsageDimension,
     UsageQuery,
     UsageRow,
@@ -20,6 +22,7 @@ from tailgate.store.postgres import PostgresStore
 from tailgate.store.sqlite import SQLiteStore
 
 __all__ = [
+    "USAGE_ROW_COLUMNS",
     "Page",
     "PostgresStore",
     "RecordFilter",
@@ -28,6 +31,7 @@ __all__ = [
     "SessionSummary",
     "Store",
     "Totals",
+    "Tx",
     "UsageDimension",
     "UsageQuery",
     "UsageRow",
