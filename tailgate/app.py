@@ -27,7 +27,7 @@ from tailgate.identity.resolve import IdentityResolver
 from tailgate.metering import finalize
 from tailgate.proxy import Exchange, Proxy
 from tailgate.quotas import QuotaLedger
-from tailgate.recorder import Recorder
+from tailgate.recorder import Recorder, spool_paths
 from tailgate.router import Router, dialect_for_path, match_inference
 from tailgate.runtime import Runtime, build_runtime
 from tailgate.store import Store, open_store
@@ -44,6 +44,7 @@ class Gateway:
         pool: UpstreamPool | None = None,
         data_dir: str | None = None,
         worker: int = 0,
+        workers: int = 1,
     ) -> None:
         self.config = config
         self.store = store if store is not None else open_store(config.server.database)
@@ -56,9 +57,9 @@ class Gateway:
         self.settings = ServerSettings(max_body_bytes=config.server.max_body_bytes)
         self.pool = pool or UpstreamPool(connect_timeout=config.server.upstream_connect_timeout)
         self.resolver = IdentityResolver(config.server.identity, self.store)
-        spool = "spool.bin" if worker == 0 else f"spool-{worker}.bin"
+        spool, adopted = spool_paths(str(self.data_dir), worker, workers)
         self.recorder: Recorder[Exchange] = Recorder(
-            self.store, finalize, spool_path=str(self.data_dir / spool), retention=config.database.retention
+            self.store, finalize, spool_path=spool, adopt=adopted, retention=config.database.retention
         )
         self.proxy = Proxy(lambda: self.runtime, self.pool, self.identify, self.recorder.submit)
         self.router = Router()

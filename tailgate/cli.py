@@ -168,6 +168,7 @@ def _run_loop(
     args: argparse.Namespace,
     *,
     worker: int = 0,
+    workers: int = 1,
     sockets: dict[str, socket.socket] | None = None,
 ) -> None:
     try:
@@ -177,7 +178,7 @@ def _run_loop(
     except ImportError:  # pragma: no cover - non-Linux platforms
         loop_factory = None
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_run(config, args, worker=worker, sockets=sockets))
+        runner.run(_run(config, args, worker=worker, workers=workers, sockets=sockets))
 
 
 def _serve_workers(config: Config, args: argparse.Namespace, workers: int) -> int:
@@ -202,7 +203,7 @@ def _serve_workers(config: Config, args: argparse.Namespace, workers: int) -> in
     log.info("starting %d workers", workers)
 
     def run_worker(index: int) -> int:
-        _run_loop(config, args, worker=index, sockets=sockets)
+        _run_loop(config, args, worker=index, workers=workers, sockets=sockets)
         return 0
 
     return supervise(workers, run_worker)
@@ -213,12 +214,13 @@ async def _run(
     args: argparse.Namespace,
     *,
     worker: int = 0,
+    workers: int = 1,
     sockets: dict[str, socket.socket] | None = None,
 ) -> None:
     from tailgate.app import Gateway
     from tailgate.config.watch import ConfigWatcher
 
-    gateway = Gateway(config, worker=worker)
+    gateway = Gateway(config, worker=worker, workers=max(workers, 1))
     addresses = await gateway.start(sockets=sockets, reuse_port=sockets is not None)
     if worker == 0:
         for address in addresses:
