@@ -188,7 +188,8 @@ class QuotaLedger:
     MAX_BACKOFF = 5.0
 
     def __init__(self, store: Store) -> None:
-        self._store = store
+        self._store = quota_database(store)
+        self._own_database = self._store is not store
         self._postgres = getattr(store, "backend", "sqlite") == "postgres"
         self._cond = threading.Condition()
         self._admissions: deque[_Admission] = deque()
@@ -277,6 +278,8 @@ class QuotaLedger:
             thread = self._thread
         if thread is not None:
             thread.join(timeout)
+        if self._own_database:
+            self._store.close()
 
     # -- the writer thread ----------------------------------------------------------------
 
@@ -486,6 +489,36 @@ class QuotaLedger:
         if gone or changed:
             self._store._write(work)  # type: ignore[attr-defined]
             log.info("quota buckets: %d adjusted, %d deleted", len(changed), len(gone))
+
+
+_QUOTA_TABLE = """
+    CREATE TABLE IF NOT EXISTS quota_buckets (
+        name TEXT PRIMARY KEY,
+        balance_nd BIGINT NOT NULL,
+        updated_at_us BIGINT NOT NULL,
+        capacity_nd BIGINT NOT NULL,
+        rate_nd BIGINT NOT NULL,
+        rate_period_s BIGINT NOT NULL
+    )
+"""
+
+
+def quota_database(store: Store) -> Store:
+    """Where the buckets live: for SQLite, a small file of their own beside the log.
+
+    SQLite has one writer per file; with the buckets in the request log's file, an admission
+    would queue behind a whole batch of records being written. In their own file, admissions
+    only ever wait for other quota transactions (still exact across processes: SQLite locks the
+    file). PostgreSQL locks rows, so the buckets stay in its one database.
+    """
+    path = getattr(store, "path", None)
+    if getattr(store, "backend", None) != "sqlite" or not isinstance(path, str):
+        return store
+    from tailgate.store import SQLiteStore
+
+    database = SQLiteStore(path + ".quotas")
+    database.transaction(lambda tx: tx.execute(_QUOTA_TABLE))
+    return database
 
 
 def _take(queue: deque[_Admission], n: int) -> list[_Admission]:

@@ -28,6 +28,7 @@ import pytest
 
 from tailgate.config.units import format_dollars
 from tailgate.dialects import Operation
+from tailgate.ledger import quota_database
 from tailgate.pricing import PriceBook
 from tailgate.quotas import BucketSpec, QuotaLedger
 from tailgate.record import Outcome
@@ -265,5 +266,7 @@ def test_two_processes_never_admit_more_than_a_bucket_holds(
     # 300 attempts at a bucket of 120: exactly 120 pass, however the processes interleave.
     assert sum(admitted) == HAMMER_CAPACITY and all(admitted)
     store = open_store(database)
-    assert store._read("SELECT balance_nd FROM quota_buckets")[0][0] == 0  # type: ignore[attr-defined]
+    buckets = quota_database(store)
+    assert buckets.read("SELECT balance_nd FROM quota_buckets")[0][0] == 0
+    buckets.close()
     store.close()
