@@ -61,6 +61,8 @@ class Gateway:
         self.recorder: Recorder[Exchange] = Recorder(
             self.store, finalize, spool_path=spool, adopt=adopted, retention=config.database.retention
         )
+        # Settlements are queued while a batch is prepared; they are stored before its records.
+        self.recorder.before_write = lambda: self.ledger.flush(self.ledger.stall_timeout)
         self.proxy = Proxy(lambda: self.runtime, self.pool, self.identify, self.recorder.submit)
         self.router = Router()
         self.server = HttpServer(self.handle, self.render_error, self.settings)

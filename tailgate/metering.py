@@ -84,7 +84,8 @@ def finalize(ex: Exchange) -> Record:
         # Served but no usage seen (an OpenAI stream cut before its usage chunk): the cost is
         # unknown, so the reservation stays charged rather than letting the answer go free.
         served_unmetered = usage is None and 200 <= ex.status < 300
-        runtime.quotas.settle(ex.reservation, None if served_unmetered else (cost_nd or 0))
+        # Not waited for here: the recorder flushes the ledger before it stores the batch.
+        runtime.quotas.settle(ex.reservation, None if served_unmetered else (cost_nd or 0), wait=False)
 
     principal = identity.principal if identity is not None else "(unknown)"
     record = Record(

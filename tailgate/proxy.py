@@ -101,6 +101,8 @@ class Proxy:
         self._pool = pool
         self._identify = identify
         self._submit = submit
+        self.in_flight = 0
+        """Requests being answered now (quota admission decides inline only when alone)."""
 
     async def handle(self, request: Request, operation: Operation, path_model: str | None) -> None:
         """Answer one inference request, writing the response to ``request.conn``."""
@@ -121,6 +123,7 @@ class Proxy:
             request_body=request.body,
             user_agent=request.header_str(b"user-agent"),
         )
+        self.in_flight += 1
         try:
             await self._serve(request, ex, path_model)
         except GatewayError as error:
@@ -136,6 +139,7 @@ class Proxy:
             self._fail(request, ex, GatewayError(f"internal error in the gateway ({type(exc).__name__})"))
             ex.outcome = Outcome.ERROR
         finally:
+            self.in_flight -= 1
             ex.ended_ns = time.perf_counter_ns()
             self._submit(ex)
 
@@ -166,7 +170,7 @@ class Proxy:
             raise AccessDenied(decision.reason)
         if decision.quotas and OPERATIONS[operation].metered:  # counting tokens is free
             ex.reservation = await runtime.quotas.admit(
-                identity, route, decision.quotas, body, len(request.body)
+                identity, route, decision.quotas, body, len(request.body), alone=self.in_flight == 1
             )
 
         forwarded = _rewrite_body(ex, route, body)

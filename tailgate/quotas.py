@@ -130,6 +130,8 @@ class QuotaPolicy:
         refs: Sequence[BucketRef],
         body: Mapping[str, Any],
         body_size: int,
+        *,
+        alone: bool = False,
     ) -> Reservation:
         """Reserve the request's estimated cost on every bucket, or raise QuotaExceeded (429).
 
@@ -145,7 +147,7 @@ class QuotaPolicy:
         estimate = self._prices.estimate(
             route.provider, route.model, input_bytes=body_size, max_output_tokens=_max_output(body)
         )
-        exhausted = await self._verdict(specs, estimate)
+        exhausted = await self._verdict(specs, estimate, inline=alone)
         if exhausted:
             now = now_us()
             wait = max(retry_after(s, now) for s in exhausted)
@@ -157,8 +159,16 @@ class QuotaPolicy:
             )
         return Reservation(tuple(specs), estimate)
 
-    async def _verdict(self, specs: list[BucketSpec], estimate: int) -> list[BucketState]:
-        """The ledger's answer to one admission; :class:`QuotaUnavailable` when it cannot answer."""
+    async def _verdict(self, specs: list[BucketSpec], estimate: int, *, inline: bool) -> list[BucketState]:
+        """The ledger's answer to one admission; :class:`QuotaUnavailable` when it cannot answer.
+
+        ``inline``: the request is alone, so deciding on this thread costs less than two thread
+        handoffs; under concurrency the ledger's thread decides many admissions per transaction.
+        """
+        if inline:
+            now = self._ledger.admit_now(specs, estimate)
+            if now is not None:
+                return now
         future = self._ledger.submit(specs, estimate)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self._ledger.stall_timeout)
@@ -180,16 +190,17 @@ class QuotaPolicy:
         if not future.cancelled() and future.exception() is None and not future.result():
             self._ledger.settle(specs, amount, 0, wait=False)
 
-    def settle(self, reservation: Reservation, cost: int | None) -> None:
+    def settle(self, reservation: Reservation, cost: int | None, *, wait: bool = True) -> None:
         """Charge the real cost to every bucket of ``reservation``; never raises. Called off the
-        event loop: it waits (briefly) until the charge is stored, unless the store is down.
+        event loop. With ``wait`` it returns once the charge is stored (unless the store is
+        down); the recorder passes ``wait=False`` and flushes the ledger once per batch instead.
 
         ``None`` means the answer was served but its cost is unknown: the reservation stays
         charged. ``0`` gives it all back (nothing was served, or the model is unpriced).
         """
         charge = reservation.amount if cost is None else cost
         try:
-            self._ledger.settle(reservation.buckets, reservation.amount, charge)
+            self._ledger.settle(reservation.buckets, reservation.amount, charge, wait=wait)
         except Exception:
             log.exception("could not settle a quota reservation of %d nanodollars", charge)
 

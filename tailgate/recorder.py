@@ -211,6 +211,7 @@ class Recorder(Generic[T]):
         retention: Retention | None = None,
         purge_interval: float = 600.0,
         max_backoff: float = 5.0,
+        before_write: Callable[[], object] | None = None,
     ) -> None:
         self.store = store
         self.prepare = prepare
@@ -220,6 +221,9 @@ class Recorder(Generic[T]):
         self.retention = retention
         self.purge_interval = purge_interval
         self.max_backoff = max_backoff
+        self.before_write = before_write
+        """Called on the writer thread after a batch is prepared and before it is stored (the
+        gateway flushes the quota settlements that preparing the batch queued)."""
         self.stats = RecorderStats()
         self._spool = Spool(spool_path)
         self._adopted = list(adopt)
@@ -318,6 +322,11 @@ class Recorder(Generic[T]):
                     self._wake.clear()
                 continue
             records = self._prepare_all(batch)
+            if self.before_write is not None:
+                try:
+                    self.before_write()
+                except Exception:
+                    log.exception("before-write hook failed")
             if self._up:
                 try:
                     self.store.insert_records(records)

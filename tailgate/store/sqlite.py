@@ -64,6 +64,26 @@ class _Writer:
                 raise
         self._depth += 1
 
+    def try_acquire(self) -> bool:
+        """Take the writer at once if nobody holds or waits for it; never waits."""
+        if not self.lock.acquire(blocking=False):
+            return False
+        if self._depth == 0 and fcntl is not None:
+            try:
+                if self._fd < 0:
+                    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                # A process waiting for the writer holds the turnstile: let it go first.
+                fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _TURNSTILE_BYTE)
+                try:
+                    fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _WRITER_BYTE)
+                finally:
+                    fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, _TURNSTILE_BYTE)
+            except OSError:
+                self.lock.release()
+                return False
+        self._depth += 1
+        return True
+
     def release(self) -> None:
         self._depth -= 1
         try:
@@ -203,12 +223,11 @@ class SQLiteStore(SQLStore):
             raise RuntimeError("store is closed")
         return conn
 
-    def _connect(self) -> _Connection:
+    def _connect(self, busy_timeout: float | None = None) -> _Connection:
         if self._closed:
             raise RuntimeError("store is closed")
-        db = sqlite3.connect(
-            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-        )
+        busy = self.busy_timeout if busy_timeout is None else busy_timeout
+        db = sqlite3.connect(self.path, timeout=busy, isolation_level=None, check_same_thread=False)
         # auto_vacuum only takes effect before the first table exists, so it comes first.
         db.execute("PRAGMA auto_vacuum = INCREMENTAL")
         db.execute("PRAGMA journal_mode = WAL")
@@ -216,7 +235,7 @@ class SQLiteStore(SQLStore):
         # After a burst the WAL is truncated back to this size at the next checkpoint.
         db.execute("PRAGMA journal_size_limit = 67108864")
         db.execute(f"PRAGMA wal_autocheckpoint = {4 * self.checkpointer.frames}")
-        db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        db.execute(f"PRAGMA busy_timeout = {int(busy * 1000)}")
         db.execute(f"PRAGMA cache_size = -{self.cache_mb * 1024}")
         conn = _Connection(db)
         with self._lock:
@@ -224,7 +243,8 @@ class SQLiteStore(SQLStore):
                 db.close()
                 raise RuntimeError("store is closed")
             self._connections.append(conn)
-        self._local.conn = conn
+        if busy_timeout is None:
+            self._local.conn = conn
         return conn
 
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
@@ -246,6 +266,41 @@ class SQLiteStore(SQLStore):
             self._writer.release()
         self.checkpointer.committed()
         return result
+
+    def try_transaction(self, work: Callable[[Tx], R]) -> tuple[bool, R | None]:
+        """Run ``work`` as a write transaction only if the file is free right now.
+
+        ``(False, None)`` without waiting when another thread or process is writing it; for the
+        event loop, which must never sleep on a lock.
+        """
+        if self._closed or not self._writer.try_acquire():
+            return False, None
+        try:
+            conn = self._hold_inline()
+            try:
+                result = _run(conn.db, work)
+            except sqlite3.OperationalError as e:
+                if "locked" in str(e) or "busy" in str(e):  # another program holds the file
+                    return False, None
+                raise
+            finally:
+                conn.in_use.release()
+        finally:
+            self._writer.release()
+        self.checkpointer.committed()
+        return True, result
+
+    def _hold_inline(self) -> _Connection:
+        """This thread's connection for :meth:`try_transaction`: SQLite's busy wait set to 0."""
+        conn: _Connection | None = getattr(self._local, "inline", None)
+        if conn is None:
+            conn = self._connect(busy_timeout=0.0)
+            self._local.inline = conn
+        conn.in_use.acquire()
+        if self._closed:
+            conn.in_use.release()
+            raise RuntimeError("store is closed")
+        return conn
 
     def _insert_new(self, tx: Tx, rows: list[Row]) -> set[str]:
         # Safe without RETURNING: BEGIN IMMEDIATE makes this the only writer until commit.
