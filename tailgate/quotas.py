@@ -15,6 +15,7 @@ request admitted, plus whatever real costs exceeded their estimates.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -171,7 +172,7 @@ class QuotaPolicy:
                 return now
         future = self._ledger.submit(specs, estimate)
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), self._ledger.stall_timeout)
+            return await _answer(future, self._ledger.stall_timeout)
         except LedgerUnavailable as exc:
             wait = exc.retry_after
         except (asyncio.CancelledError, TimeoutError) as exc:
@@ -234,6 +235,41 @@ class QuotaPolicy:
                 }
             )
         return out
+
+
+async def _answer(future: Verdict, timeout: float) -> list[BucketState]:
+    """The ledger thread's answer, awaited on the event loop; ``TimeoutError`` after ``timeout``.
+
+    One loop future resolved from the ledger's thread: ``asyncio.wrap_future`` and ``wait_for``
+    cost a task and several loop look-ups (each a ``getpid`` system call on Python 3.11).
+    """
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[list[BucketState]] = loop.create_future()
+
+    def transfer(done: Verdict) -> None:
+        if waiter.done():
+            return
+        error = done.exception()
+        if error is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(done.result())
+
+    def hand_over(done: Verdict) -> None:  # on the ledger's thread
+        with contextlib.suppress(RuntimeError):  # the loop already closed (shutdown)
+            loop.call_soon_threadsafe(transfer, done)
+
+    future.add_done_callback(hand_over)
+    timer = loop.call_later(timeout, _expire, waiter)
+    try:
+        return await waiter
+    finally:
+        timer.cancel()
+
+
+def _expire(waiter: asyncio.Future[list[BucketState]]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 def _max_output(body: Mapping[str, Any]) -> int | None:
