@@ -31,7 +31,14 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 def test_the_test_command_runs_the_whole_suite_and_the_checks() -> None:
     script = (ROOT / "scripts" / "test").read_text()
-    for step in ("ruff check", "ruff format --check", "mypy", 'pytest -m "not slow"', "chromium", "pg_isready"):
+    for step in (
+        "ruff check",
+        "ruff format --check",
+        "mypy",
+        'pytest -m "not slow"',
+        "chromium",
+        "pg_isready",
+    ):
         assert step in script, step
 
 

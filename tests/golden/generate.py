@@ -308,7 +308,7 @@ add(
 )
 _err = chat_sse("chatcmpl-err01", "gpt-4o-mini-2024-07-18", "Partial ans", [], None, "default")
 _err = _err[: _err.index("data: [DONE]")].rsplit("data: ", 2)[0]
-_err += 'data: {"error":{"message":"The server had an error while processing your request.","type":"server_error","param":null,"code":null}}\n\n'  # noqa: E501
+_err += 'data: {"error":{"message":"The server had an error while processing your request.","type":"server_error","param":null,"code":null}}\n\n'
 add(
     Case(
         "chat_stream_error",
