@@ -197,7 +197,7 @@ class SQLiteStore(SQLStore):
         path: str,
         *,
         busy_timeout: float = 5.0,
-        cache_mb: int = 64,
+        cache_mb: int = 16,
         checkpoint_frames: int = CHECKPOINT_FRAMES,
     ) -> None:
         self.path = path
