@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -226,3 +227,21 @@ def test_sessions_are_grouped_per_client_style(gw: RunningGateway) -> None:
     assert a == b != c
     sessions = {s.session_id: s for s in gw.store.list_sessions(SessionFilter(), limit=50).items}
     assert sessions[a].totals.requests == 2
+
+
+def test_a_request_shows_up_in_the_logs_api_within_two_seconds(gw: RunningGateway) -> None:
+    status, answer = post(gw, "/v1/chat/completions", CHAT)
+    assert status == 200
+    sent_at = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5)
+    found = None
+    while found is None and time.monotonic() - sent_at < 2.0:  # no flush: the recorder's own pace
+        conn.request("GET", "/api/logs?limit=5")
+        listing = orjson.loads(conn.getresponse().read())
+        found = next((r for r in listing["records"] if r["model"] == "gpt-4o-mini"), None)
+        if found is None:
+            time.sleep(0.05)
+    conn.close()
+    assert found is not None, "the request was not in /api/logs within two seconds"
+    assert found["outcome"] == "ok" and found["usage"]["output_tokens"] > 0
+    assert orjson.loads(answer)["id"]

@@ -83,3 +83,74 @@ def test_workers_share_the_port_and_the_store(tmp_path: Path) -> None:
     assert process.returncode == 0, output
     with sqlite3.connect(database) as db:
         assert db.execute("SELECT count(*) FROM records").fetchone()[0] == 40
+
+
+def test_sighup_reloads_every_worker_and_a_broken_edit_keeps_the_last_good_config(tmp_path: Path) -> None:
+    def config(models: str) -> str:
+        return DEMO_CONFIG.replace('"models": ["demo-fast", "demo-smart"]', f'"models": [{models}]')
+
+    path = tmp_path / "tailgate.hujson"
+    assert '"models": ["demo-fast", "demo-smart"]' in DEMO_CONFIG
+    path.write_text(config('"demo-fast"'))
+    port = _free_port()
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data")}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tailgate",
+            "serve",
+            "--config",
+            str(path),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--database",
+            str(tmp_path / "t.db"),
+            "--workers",
+            "2",
+            "--log-level",
+            "INFO",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+    def models_seen() -> set[str]:
+        """The model lists served, asked of both workers (fresh connections spread over them)."""
+        seen = set()
+        for _ in range(20):
+            status, body = _get(port, "/v1/models")
+            assert status == 200
+            seen.add(",".join(sorted(m["id"] for m in orjson.loads(body)["data"])))
+        return seen
+
+    def wait_for(expected: set[str]) -> None:
+        deadline = time.monotonic() + 10
+        while models_seen() != expected:
+            assert time.monotonic() < deadline, f"still serving {models_seen()}, expected {expected}"
+            time.sleep(0.1)
+
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if _get(port, "/healthz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "workers did not start"
+            time.sleep(0.1)
+        wait_for({"demo-fast"})
+        path.write_text(config('"demo-fast", "demo-smart"') + "\n{ broken")
+        process.send_signal(signal.SIGHUP)
+        time.sleep(1.5)
+        assert models_seen() == {"demo-fast"}  # the broken edit is refused; the last good config stays
+        path.write_text(config('"demo-fast", "demo-smart"'))
+        process.send_signal(signal.SIGHUP)
+        wait_for({"demo-fast,demo-smart"})
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=60)[0].decode()
+    assert process.returncode == 0, output
+    assert "keeping the last good config" in output
