@@ -47,6 +47,7 @@ class Gateway:
         workers: int = 1,
     ) -> None:
         self.config = config
+        self.worker, self.workers = worker, workers
         self.store = store if store is not None else open_store(config.server.database)
         self.store.migrate()
         self.data_dir = Path(data_dir or _default_data_dir())

@@ -14,13 +14,18 @@ number of series stays bounded by the configuration.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import resource
 import threading
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from tailgate import __version__
 from tailgate.errors import AccessDenied
@@ -129,6 +134,34 @@ class Metrics:
                         ex.first_byte_ns - ex.started_ns
                     )
 
+    _COUNTERS = ("requests", "errors", "tokens", "cost_nd", "unpriced")
+    _HISTOGRAMS = ("upstream", "first_byte")
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every figure as plain JSON data, for another worker to add to its own."""
+        with self._lock:
+            out: dict[str, Any] = {
+                name: [[list(k), v] for k, v in getattr(self, name).items()] for name in self._COUNTERS
+            }
+            for name in self._HISTOGRAMS:
+                out[name] = [[list(k), h.counts, h.sum_ns] for k, h in getattr(self, name).items()]
+            out["overhead"] = [self.overhead.counts, self.overhead.sum_ns]
+        return out
+
+    def absorb(self, snapshot: Mapping[str, Any]) -> None:
+        """Add the figures of another worker's :meth:`snapshot` to these."""
+        with self._lock:
+            for name in self._COUNTERS:
+                target = getattr(self, name)
+                for key, value in snapshot.get(name, ()):
+                    _add(target, tuple(key), int(value))
+            for name, bounds in (("upstream", LATENCY_BOUNDS_NS), ("first_byte", LATENCY_BOUNDS_NS)):
+                for key, counts, total in snapshot.get(name, ()):
+                    _merge(_histogram(getattr(self, name), tuple(key), bounds), counts, total)
+            overhead = snapshot.get("overhead")
+            if overhead:
+                _merge(self.overhead, overhead[0], overhead[1])
+
     def render(self, gauges: Iterable[tuple[str, str, str, float | int]] = ()) -> bytes:
         """The exposition text; ``gauges`` adds (name, type, help, value) lines without labels."""
         with self._lock:
@@ -207,11 +240,17 @@ def register_metrics(gateway: Gateway, router: Router) -> Metrics:
     prepare = gateway.recorder.prepare
     gateway.recorder.prepare = _observed(prepare, metrics)
 
+    share: WorkerShare | None = None
+    if gateway.workers > 1:
+        share = WorkerShare(gateway.data_dir / "metrics", gateway.worker, gateway.workers)
+        share.start(metrics)
+
     async def serve(request: Request) -> Response:
         identity = await gateway.identify(request)
         if not gateway.runtime.grants.read_metrics(identity):
             raise AccessDenied(DENIED)
-        return Response(200, metrics.render(_gateway_gauges(gateway)), content_type=CONTENT_TYPE)
+        figures = metrics if share is None else await asyncio.to_thread(share.combined, metrics)
+        return Response(200, figures.render(_gateway_gauges(gateway)), content_type=CONTENT_TYPE)
 
     router.add("GET", "/metrics", serve)
     return metrics
@@ -227,6 +266,73 @@ def _observed(prepare: Callable[[Exchange], Record], metrics: Metrics) -> Callab
         return record
 
     return observed
+
+
+def _merge(histogram: Histogram, counts: Iterable[int], total: int) -> None:
+    counts = list(counts)
+    if len(counts) != len(histogram.counts):
+        return  # written by a version with other buckets
+    histogram.counts = [a + int(b) for a, b in zip(histogram.counts, counts, strict=True)]
+    histogram.sum_ns += int(total)
+
+
+class WorkerShare:
+    """Makes ``/metrics`` on any worker count the requests of every worker of the gateway.
+
+    Each worker writes its figures to ``<data dir>/metrics/worker-<n>.json`` every second; a
+    scrape adds the other workers' latest files to the answering worker's own figures. A file
+    older than ``stale`` seconds (a worker that stopped) is left out.
+    """
+
+    def __init__(
+        self, directory: Path, worker: int, workers: int, *, interval: float = 1.0, stale: float = 60.0
+    ) -> None:
+        self.directory = directory
+        self.worker = worker
+        self.workers = workers
+        self.interval = interval
+        self.stale = stale
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, worker: int) -> Path:
+        return self.directory / f"worker-{worker}.json"
+
+    def publish(self, metrics: Metrics) -> None:
+        """Write this worker's figures (atomically: a reader sees the old file or the new one)."""
+        path = self._path(self.worker)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_bytes(orjson.dumps(metrics.snapshot()))
+        os.replace(temporary, path)
+
+    def combined(self, metrics: Metrics) -> Metrics:
+        """This worker's figures plus every other live worker's last published ones."""
+        total = Metrics()
+        total.absorb(metrics.snapshot())
+        now = time.time()
+        for other in range(self.workers):
+            if other == self.worker:
+                continue
+            path = self._path(other)
+            try:
+                if now - path.stat().st_mtime > self.stale:
+                    continue
+                total.absorb(orjson.loads(path.read_bytes()))
+            except (OSError, orjson.JSONDecodeError):
+                continue
+        return total
+
+    def start(self, metrics: Metrics) -> None:
+        """Publish every ``interval`` seconds, in a thread (never on the event loop)."""
+
+        def loop() -> None:
+            while True:
+                time.sleep(self.interval)
+                try:
+                    self.publish(metrics)
+                except OSError as exc:
+                    log.warning("could not publish this worker's metrics: %s", exc)
+
+        threading.Thread(target=loop, name="tailgate-metrics", daemon=True).start()
 
 
 def _gateway_gauges(gateway: Gateway) -> list[tuple[str, str, str, float | int]]:

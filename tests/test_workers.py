@@ -154,3 +154,71 @@ def test_sighup_reloads_every_worker_and_a_broken_edit_keeps_the_last_good_confi
         output = process.communicate(timeout=60)[0].decode()
     assert process.returncode == 0, output
     assert "keeping the last good config" in output
+
+
+def test_metrics_count_the_requests_of_every_worker(tmp_path: Path) -> None:
+    path = tmp_path / "tailgate.hujson"
+    assert DEMO_CONFIG.count('{"role": "admin"}') == 1
+    path.write_text(DEMO_CONFIG.replace('{"role": "admin"}', '{"role": "admin", "read_metrics": true}'))
+    port = _free_port()
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data")}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tailgate",
+            "serve",
+            "--config",
+            str(path),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--database",
+            str(tmp_path / "t.db"),
+            "--workers",
+            "2",
+            "--log-level",
+            "WARNING",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if _get(port, "/healthz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "workers did not start"
+            time.sleep(0.1)
+        body = orjson.dumps({"model": "demo-fast", "messages": [{"role": "user", "content": "hi"}]})
+        pids = set()
+        for _ in range(30):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request(
+                "POST", "/v1/chat/completions", body=body, headers={"content-type": "application/json"}
+            )
+            assert conn.getresponse().status == 200
+            conn.close()
+            pids.add(orjson.loads(_get(port, "/healthz")[1])["pid"])
+        assert len(pids) == 2
+
+        def total_requests() -> float:
+            status, text = _get(port, "/metrics")
+            assert status == 200
+            return sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.decode().splitlines()
+                if line.startswith("tailgate_requests_total{")
+            )
+
+        deadline = time.monotonic() + 10
+        while {total_requests() for _ in range(6)} != {30.0}:  # every worker answers with all 30
+            assert time.monotonic() < deadline, "metrics did not count every worker's requests"
+            time.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=60)[0].decode()
+    assert process.returncode == 0, output
