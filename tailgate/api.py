@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from tailgate import csrf
 from tailgate.api_json import (
     capture_json,
@@ -38,7 +36,7 @@ from tailgate.config.model import Config, QuotaDef
 from tailgate.config.watch import RESTART_ONLY
 from tailgate.errors import AccessDenied, BadRequest, GatewayError, NotFound, UnknownModel
 from tailgate.grants import NO_ROLE, GrantTable
-from tailgate.http.messages import Request, Response
+from tailgate.http.messages import Request, Response, json_object
 from tailgate.identity import LOOPBACK_IDENTITY, LOOPBACK_PRINCIPAL, Identity, IdentityKind, IdentitySource
 from tailgate.quotas import expand, parse_dollars
 from tailgate.record import Outcome
@@ -486,15 +484,7 @@ def save_problems(text: str, saver: Identity) -> list[str]:
 
 
 def _json_object(request: Request) -> dict[str, Any]:
-    if not request.body:
-        raise BadRequest("the request body is empty; send a JSON object")
-    try:
-        body = orjson.loads(request.body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object")
-    return body
+    return json_object(request.body)
 
 
 def _config_text(request: Request) -> str:

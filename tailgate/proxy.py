@@ -30,7 +30,7 @@ from tailgate.errors import (
     stream_error_event,
 )
 from tailgate.http.client import UpstreamClosed, UpstreamPool, UpstreamResponse
-from tailgate.http.messages import Headers, Request
+from tailgate.http.messages import Headers, Request, json_object
 from tailgate.identity import Identity
 from tailgate.record import Outcome, new_record_id
 from tailgate.routing import Route
@@ -153,7 +153,7 @@ class Proxy:
         identity = await self._identify(request)
         ex.identity = identity
 
-        body = _parse_body(request.body)
+        body = json_object(request.body)
         ex.body = body
         model = path_model if path_model is not None else body.get("model")
         if not isinstance(model, str) or not model:
@@ -355,18 +355,6 @@ def _upstream_path(operation: Operation, client_path: str, route: Route) -> str:
     prefix = "/v1beta/models/" if client_path.startswith("/v1beta/") else "/v1/models/"
     method = client_path.rpartition(":")[2]
     return f"{prefix}{route.model}:{method}"
-
-
-def _parse_body(raw: bytes) -> dict[str, Any]:
-    if not raw:
-        raise BadRequest("the request body is empty; send a JSON object")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object")
-    return body
 
 
 def _outcome_for(error: GatewayError) -> Outcome:

@@ -231,16 +231,7 @@ class UpstreamResponse:
         conn = self._conn
         while True:
             if conn.chunks:
-                if len(conn.chunks) == 1:
-                    data = conn.chunks.popleft()
-                else:
-                    data = b"".join(conn.chunks)
-                    conn.chunks.clear()
-                conn.buffered = 0
-                if conn.reading_paused and conn.transport is not None:
-                    conn.reading_paused = False
-                    conn.transport.resume_reading()
-                return data
+                return self.take_buffered()
             if conn.complete:
                 self._finish()
                 return None

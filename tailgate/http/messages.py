@@ -7,10 +7,12 @@ with a complete body return a :class:`Response`; the proxy writes to the connect
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote
 
 import orjson
+
+from tailgate.errors import BadRequest
 
 if TYPE_CHECKING:
     from tailgate.http.server import Connection
@@ -82,6 +84,19 @@ class Request:
                 if sep:
                     jar[key] = value
         return jar
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A request body that must be a JSON object, parsed; ``BadRequest`` in plain words if not."""
+    if not raw:
+        raise BadRequest("the request body is empty; send a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return body
 
 
 class Response:
