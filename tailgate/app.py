@@ -19,7 +19,7 @@ from tailgate.config.model import Config
 from tailgate.dialects import OPERATIONS, Operation
 from tailgate.errors import GatewayError, MethodNotAllowed, NotFound, error_body
 from tailgate.http.client import UpstreamPool
-from tailgate.http.messages import Request, Response, StreamingResponse
+from tailgate.http.messages import HeaderView, Request, Response, StreamingResponse
 from tailgate.http.server import HttpServer, ServerSettings
 from tailgate.identity import Identity
 from tailgate.identity.peer import ConnectionCache, Peer
@@ -143,8 +143,7 @@ class Gateway:
             port=conn.peer_port,
             listener=conn.listener,
         )
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers}
-        return await self.resolver.resolve(peer, headers, cache)
+        return await self.resolver.resolve(peer, HeaderView(request.headers), cache)
 
     # -- dispatch --------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ with a complete body return a :class:`Response`; the proxy writes to the connect
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote
 
@@ -97,6 +97,38 @@ def json_object(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     return body
+
+
+class HeaderView(Mapping[str, str]):
+    """A request's headers as a read-only ``str`` mapping, decoded only when looked up.
+
+    Lower-case names; the first value of a repeated header. Identity looks at a handful of
+    headers per request, so decoding all of them up front is wasted work.
+    """
+
+    __slots__ = ("_headers",)
+
+    def __init__(self, headers: Headers) -> None:
+        self._headers = headers
+
+    def __getitem__(self, name: str) -> str:
+        key = name.encode("latin-1")
+        for header, value in self._headers:
+            if header == key:
+                return value.decode("latin-1")
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        key = name.encode("latin-1")
+        return any(header == key for header, _ in self._headers)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(header.decode("latin-1") for header, _ in self._headers))
+
+    def __len__(self) -> int:
+        return len({header for header, _ in self._headers})
 
 
 class Response:

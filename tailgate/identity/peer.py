@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -33,8 +34,12 @@ class ConnectionCache:
         """``(ip, port)`` → (monotonic time asked, what tailscaled said)."""
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address in ``text`` with any zone removed and IPv4-mapped IPv6 unmapped; ``None`` if not an IP."""
+    """The address in ``text`` with any zone removed and IPv4-mapped IPv6 unmapped; ``None`` if not an IP.
+
+    Memoised: the same few peer addresses are parsed on every request.
+    """
     try:
         ip = ipaddress.ip_address(text.strip().split("%", 1)[0])
     except ValueError:
