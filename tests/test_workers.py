@@ -1,7 +1,8 @@
-"""Several worker processes on one port: shared load, shared store, clean shutdown."""
+"""Several worker processes on one port: shared load, shared store, reload, metrics, clean shutdown."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import signal
@@ -10,11 +11,15 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
 from tailgate.config.defaults import DEMO_CONFIG
+
+CHAT = orjson.dumps({"model": "demo-fast", "messages": [{"role": "user", "content": "hi"}]})
 
 
 def _free_port() -> int:
@@ -30,58 +35,77 @@ def _get(port: int, path: str) -> tuple[int, bytes]:
     return response.status, response.read()
 
 
-def test_workers_share_the_port_and_the_store(tmp_path: Path) -> None:
-    config = tmp_path / "tailgate.hujson"
-    config.write_text(DEMO_CONFIG)
-    database = tmp_path / "tailgate.db"
+@dataclass
+class Workers:
+    process: subprocess.Popen[bytes]
+    port: int
+    database: Path
+    output: str = ""
+
+    def chat(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        conn.request("POST", "/v1/chat/completions", body=CHAT, headers={"content-type": "application/json"})
+        assert conn.getresponse().status == 200
+        conn.close()
+
+    def pid(self) -> int:
+        """The process id of whichever worker answers a fresh connection."""
+        return int(orjson.loads(_get(self.port, "/healthz")[1])["pid"])
+
+
+@contextlib.contextmanager
+def workers(config: str, tmp_path: Path, *, log_level: str = "WARNING") -> Iterator[Workers]:
+    """``tailgate serve --workers 2`` on ``config``; on exit it must stop cleanly on SIGTERM."""
+    path = tmp_path / "tailgate.hujson"
+    path.write_text(config)
     port = _free_port()
-    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data")}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tailgate",
-            "serve",
-            "--config",
-            str(config),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--database",
-            str(database),
-            "--workers",
-            "2",
-            "--log-level",
-            "WARNING",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    running = Workers(
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tailgate",
+                "serve",
+                "--config",
+                str(path),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--database",
+                str(tmp_path / "tailgate.db"),
+                "--workers",
+                "2",
+                "--log-level",
+                log_level,
+            ],
+            env={**os.environ, "XDG_DATA_HOME": str(tmp_path / "data")},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        ),
+        port,
+        tmp_path / "tailgate.db",
     )
     try:
         deadline = time.monotonic() + 30
         while True:
-            try:
+            with contextlib.suppress(OSError):
                 if _get(port, "/healthz")[0] == 200:
                     break
-            except OSError:
-                pass
             assert time.monotonic() < deadline, "workers did not start"
             time.sleep(0.1)
-        pids = {orjson.loads(_get(port, "/healthz")[1])["pid"] for _ in range(60)}
-        assert len(pids) == 2 and process.pid not in pids
-        body = orjson.dumps({"model": "demo-fast", "messages": [{"role": "user", "content": "hi"}]})
-        for _ in range(40):
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request(
-                "POST", "/v1/chat/completions", body=body, headers={"content-type": "application/json"}
-            )
-            assert conn.getresponse().status == 200
-            conn.close()
+        yield running
     finally:
-        process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=60)[0].decode()
-    assert process.returncode == 0, output
-    with sqlite3.connect(database) as db:
+        running.process.send_signal(signal.SIGTERM)
+        running.output = running.process.communicate(timeout=60)[0].decode()
+    assert running.process.returncode == 0, running.output
+
+
+def test_workers_share_the_port_and_the_store(tmp_path: Path) -> None:
+    with workers(DEMO_CONFIG, tmp_path) as running:
+        pids = {running.pid() for _ in range(60)}
+        assert len(pids) == 2 and running.process.pid not in pids
+        for _ in range(40):
+            running.chat()
+    with sqlite3.connect(running.database) as db:
         assert db.execute("SELECT count(*) FROM records").fetchone()[0] == 40
 
 
@@ -89,124 +113,48 @@ def test_sighup_reloads_every_worker_and_a_broken_edit_keeps_the_last_good_confi
     def config(models: str) -> str:
         return DEMO_CONFIG.replace('"models": ["demo-fast", "demo-smart"]', f'"models": [{models}]')
 
-    path = tmp_path / "tailgate.hujson"
     assert '"models": ["demo-fast", "demo-smart"]' in DEMO_CONFIG
-    path.write_text(config('"demo-fast"'))
-    port = _free_port()
-    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data")}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tailgate",
-            "serve",
-            "--config",
-            str(path),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--database",
-            str(tmp_path / "t.db"),
-            "--workers",
-            "2",
-            "--log-level",
-            "INFO",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    path = tmp_path / "tailgate.hujson"
+    with workers(config('"demo-fast"'), tmp_path, log_level="INFO") as running:
 
-    def models_seen() -> set[str]:
-        """The model lists served, asked of both workers (fresh connections spread over them)."""
-        seen = set()
-        for _ in range(20):
-            status, body = _get(port, "/v1/models")
-            assert status == 200
-            seen.add(",".join(sorted(m["id"] for m in orjson.loads(body)["data"])))
-        return seen
+        def models_seen() -> set[str]:
+            """The model lists served, asked of both workers (fresh connections spread over them)."""
+            seen = set()
+            for _ in range(20):
+                status, body = _get(running.port, "/v1/models")
+                assert status == 200
+                seen.add(",".join(sorted(m["id"] for m in orjson.loads(body)["data"])))
+            return seen
 
-    def wait_for(expected: set[str]) -> None:
-        deadline = time.monotonic() + 10
-        while models_seen() != expected:
-            assert time.monotonic() < deadline, f"still serving {models_seen()}, expected {expected}"
-            time.sleep(0.1)
+        def wait_for(expected: set[str]) -> None:
+            deadline = time.monotonic() + 10
+            while models_seen() != expected:
+                assert time.monotonic() < deadline, f"still serving {models_seen()}, expected {expected}"
+                time.sleep(0.1)
 
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if _get(port, "/healthz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "workers did not start"
-            time.sleep(0.1)
         wait_for({"demo-fast"})
         path.write_text(config('"demo-fast", "demo-smart"') + "\n{ broken")
-        process.send_signal(signal.SIGHUP)
+        running.process.send_signal(signal.SIGHUP)
         time.sleep(1.5)
         assert models_seen() == {"demo-fast"}  # the broken edit is refused; the last good config stays
         path.write_text(config('"demo-fast", "demo-smart"'))
-        process.send_signal(signal.SIGHUP)
+        running.process.send_signal(signal.SIGHUP)
         wait_for({"demo-fast,demo-smart"})
-    finally:
-        process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=60)[0].decode()
-    assert process.returncode == 0, output
-    assert "keeping the last good config" in output
+    assert "keeping the last good config" in running.output
 
 
 def test_metrics_count_the_requests_of_every_worker(tmp_path: Path) -> None:
-    path = tmp_path / "tailgate.hujson"
     assert DEMO_CONFIG.count('{"role": "admin"}') == 1
-    path.write_text(DEMO_CONFIG.replace('{"role": "admin"}', '{"role": "admin", "read_metrics": true}'))
-    port = _free_port()
-    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data")}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tailgate",
-            "serve",
-            "--config",
-            str(path),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--database",
-            str(tmp_path / "t.db"),
-            "--workers",
-            "2",
-            "--log-level",
-            "WARNING",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if _get(port, "/healthz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "workers did not start"
-            time.sleep(0.1)
-        body = orjson.dumps({"model": "demo-fast", "messages": [{"role": "user", "content": "hi"}]})
+    config = DEMO_CONFIG.replace('{"role": "admin"}', '{"role": "admin", "read_metrics": true}')
+    with workers(config, tmp_path) as running:
         pids = set()
         for _ in range(30):
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request(
-                "POST", "/v1/chat/completions", body=body, headers={"content-type": "application/json"}
-            )
-            assert conn.getresponse().status == 200
-            conn.close()
-            pids.add(orjson.loads(_get(port, "/healthz")[1])["pid"])
+            running.chat()
+            pids.add(running.pid())
         assert len(pids) == 2
 
         def total_requests() -> float:
-            status, text = _get(port, "/metrics")
+            status, text = _get(running.port, "/metrics")
             assert status == 200
             return sum(
                 float(line.rsplit(" ", 1)[1])
@@ -218,7 +166,3 @@ def test_metrics_count_the_requests_of_every_worker(tmp_path: Path) -> None:
         while {total_requests() for _ in range(6)} != {30.0}:  # every worker answers with all 30
             assert time.monotonic() < deadline, "metrics did not count every worker's requests"
             time.sleep(0.2)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=60)[0].decode()
-    assert process.returncode == 0, output
