@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -177,17 +177,8 @@ def _send_hooks(reader: Reader, fields: Mapping[str, Any], where: str) -> tuple[
 
 def read_grants(reader: Reader, value: object, capability_name: str) -> list[Grant]:
     """The ``grants`` array."""
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        reader.mismatch("grants", "an array", value)
-        return []
     grants = []
-    for index, item in enumerate(value):
-        where = f"grants[{index}]"
-        fields = reader.obj(item, where, GRANT_KEYS)
-        if fields is None:
-            continue
+    for where, fields in _entries(reader, value, "grants", GRANT_KEYS):
         for ignored in ("dst", "ip"):
             if ignored in fields:
                 reader.note(f"{where}: {ignored} only matters in a tailnet policy file; ignored here")
@@ -212,17 +203,8 @@ def read_grants(reader: Reader, value: object, capability_name: str) -> list[Gra
 
 def read_temp_grants(reader: Reader, value: object) -> list[Grant]:
     """The legacy ``temp_grants`` array, translated into :class:`Grant` values."""
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        reader.mismatch("temp_grants", "an array", value)
-        return []
     grants = []
-    for index, item in enumerate(value):
-        where = f"temp_grants[{index}]"
-        fields = reader.obj(item, where, TEMP_GRANT_KEYS)
-        if fields is None:
-            continue
+    for where, fields in _entries(reader, value, "temp_grants", TEMP_GRANT_KEYS):
         capabilities: list[Capability] = []
         for position, inner in enumerate(reader.array(fields, "grants", where)):
             path = f"{where}.grants[{position}]"
@@ -335,3 +317,19 @@ def reference_problems(
                 if ref.template not in quotas
             )
     return problems
+
+
+def _entries(
+    reader: Reader, value: object, name: str, keys: Collection[str]
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each object of the array ``name`` with its path (``grants[2]``); a wrong shape is reported."""
+    if value is None:
+        return
+    if not isinstance(value, list):
+        reader.mismatch(name, "an array", value)
+        return
+    for index, item in enumerate(value):
+        where = f"{name}[{index}]"
+        fields = reader.obj(item, where, keys)
+        if fields is not None:
+            yield where, fields
