@@ -75,11 +75,18 @@ def memory_kib(pid: int) -> dict[str, int]:
     return out
 
 
-def idle_rate(pid: int, seconds: float = 1.0) -> float:
-    """CPU seconds per second that ``pid`` burns while nobody calls it."""
-    before = cpu_seconds(pid)
-    time.sleep(seconds)
-    return (cpu_seconds(pid) - before) / seconds
+def idle_rate(pid: int, seconds: float = 1.0, *, windows: int = 4) -> float:
+    """CPU seconds per second that ``pid`` burns while nobody calls it.
+
+    The lowest rate over ``windows`` slices of ``seconds``: background work left from the last
+    load (a recording process storing the warm-up's records) is not idle burn.
+    """
+    rates = []
+    for _ in range(windows):
+        before = cpu_seconds(pid)
+        time.sleep(seconds / windows)
+        rates.append((cpu_seconds(pid) - before) / (seconds / windows))
+    return min(rates)
 
 
 def settle(pid: int, idle: float, *, quiet: float = 0.3, limit: float = 10.0) -> None:

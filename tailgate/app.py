@@ -28,6 +28,7 @@ from tailgate.metering import finalize
 from tailgate.proxy import Exchange, Proxy
 from tailgate.quotas import QuotaLedger
 from tailgate.recorder import Recorder, spool_paths
+from tailgate.recording import RecordingProcess
 from tailgate.router import Router, dialect_for_path, match_inference
 from tailgate.runtime import Runtime, build_runtime
 from tailgate.store import Store, open_store
@@ -45,7 +46,9 @@ class Gateway:
         data_dir: str | None = None,
         worker: int = 0,
         workers: int = 1,
+        recording: str | None = None,
     ) -> None:
+        """``recording`` (``process`` or ``thread``) overrides ``server.recording``."""
         self.config = config
         self.worker, self.workers = worker, workers
         self.store = store if store is not None else open_store(config.server.database)
@@ -58,12 +61,23 @@ class Gateway:
         self.settings = ServerSettings(max_body_bytes=config.server.max_body_bytes)
         self.pool = pool or UpstreamPool(connect_timeout=config.server.upstream_connect_timeout)
         self.resolver = IdentityResolver(config.server.identity, self.store)
-        spool, adopted = spool_paths(str(self.data_dir), worker, workers)
-        self.recorder: Recorder[Exchange] = Recorder(
-            self.store, finalize, spool_path=spool, adopt=adopted, retention=config.database.retention
-        )
-        # Settlements are queued while a batch is prepared; they are stored before its records.
-        self.recorder.before_write = lambda: self.ledger.flush(self.ledger.stall_timeout)
+        self.recorder: Recorder[Exchange] | RecordingProcess
+        if (recording or config.server.recording) == "process":
+            self.recorder = RecordingProcess(
+                config,
+                database=_database_of(self.store),
+                data_dir=str(self.data_dir),
+                worker=worker,
+                workers=workers,
+            )
+        else:
+            spool, adopted = spool_paths(str(self.data_dir), worker, workers)
+            recorder: Recorder[Exchange] = Recorder(
+                self.store, finalize, spool_path=spool, adopt=adopted, retention=config.database.retention
+            )
+            # Settlements are queued while a batch is prepared; they are stored before its records.
+            recorder.before_write = lambda: self.ledger.flush(self.ledger.stall_timeout)
+            self.recorder = recorder
         self.proxy = Proxy(lambda: self.runtime, self.pool, self.identify, self.recorder.submit)
         self.router = Router()
         self.server = HttpServer(self.handle, self.render_error, self.settings)
@@ -124,7 +138,10 @@ class Gateway:
         self.runtime = build_runtime(config, self.ledger, self._generation)
         self.config = config
         self.settings.max_body_bytes = config.server.max_body_bytes
-        self.recorder.retention = config.database.retention
+        if isinstance(self.recorder, RecordingProcess):
+            self.recorder.apply_config(config, self._generation)
+        else:
+            self.recorder.retention = config.database.retention
         self.pool.connect_timeout = config.server.upstream_connect_timeout
         log.info("configuration %d in effect", self._generation)
         task = asyncio.get_running_loop().run_in_executor(None, self.ledger.apply_definitions, config.quotas)
@@ -246,6 +263,14 @@ def _refuse_websocket() -> Response:
     error.status = 426
     body = error_body(error, info.dialect)
     return Response(426, body, [(b"upgrade", b"HTTP/1.1")])
+
+
+def _database_of(store: Store) -> str:
+    """Where ``store`` keeps its data, for a recording process to open it too."""
+    location = getattr(store, "url", None) or getattr(store, "path", None)
+    if not isinstance(location, str):
+        raise ValueError(f"cannot tell a recording process where {type(store).__name__} keeps its data")
+    return location
 
 
 def _default_data_dir() -> str:

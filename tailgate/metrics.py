@@ -151,16 +151,28 @@ class Metrics:
     def absorb(self, snapshot: Mapping[str, Any]) -> None:
         """Add the figures of another worker's :meth:`snapshot` to these."""
         with self._lock:
-            for name in self._COUNTERS:
-                target = getattr(self, name)
-                for key, value in snapshot.get(name, ()):
-                    _add(target, tuple(key), int(value))
-            for name, bounds in (("upstream", LATENCY_BOUNDS_NS), ("first_byte", LATENCY_BOUNDS_NS)):
-                for key, counts, total in snapshot.get(name, ()):
-                    _merge(_histogram(getattr(self, name), tuple(key), bounds), counts, total)
-            overhead = snapshot.get("overhead")
-            if overhead:
-                _merge(self.overhead, overhead[0], overhead[1])
+            self._absorb(snapshot)
+
+    def replace(self, *snapshots: Mapping[str, Any]) -> None:
+        """Make these figures the sum of ``snapshots`` (a recording process's, and its predecessors')."""
+        with self._lock:
+            for name in (*self._COUNTERS, *self._HISTOGRAMS):
+                getattr(self, name).clear()
+            self.overhead = Histogram(OVERHEAD_BOUNDS_NS)
+            for snapshot in snapshots:
+                self._absorb(snapshot)
+
+    def _absorb(self, snapshot: Mapping[str, Any]) -> None:
+        for name in self._COUNTERS:
+            target = getattr(self, name)
+            for key, value in snapshot.get(name, ()):
+                _add(target, tuple(key), int(value))
+        for name, bounds in (("upstream", LATENCY_BOUNDS_NS), ("first_byte", LATENCY_BOUNDS_NS)):
+            for key, counts, total in snapshot.get(name, ()):
+                _merge(_histogram(getattr(self, name), tuple(key), bounds), counts, total)
+        overhead = snapshot.get("overhead")
+        if overhead:
+            _merge(self.overhead, overhead[0], overhead[1])
 
     def render(self, gauges: Iterable[tuple[str, str, str, float | int]] = ()) -> bytes:
         """The exposition text; ``gauges`` adds (name, type, help, value) lines without labels."""
@@ -236,9 +248,14 @@ class Metrics:
 
 def register_metrics(gateway: Gateway, router: Router) -> Metrics:
     """Count every request the gateway records and serve ``GET /metrics`` (``read_metrics`` only)."""
+    from tailgate.recording import RecordingProcess
+
     metrics = Metrics()
-    prepare = gateway.recorder.prepare
-    gateway.recorder.prepare = _observed(prepare, metrics)
+    recorder = gateway.recorder
+    if isinstance(recorder, RecordingProcess):
+        recorder.attach_metrics(metrics)  # the recording process counts; its figures come back
+    else:
+        recorder.prepare = observed(recorder.prepare, metrics)
 
     share: WorkerShare | None = None
     if gateway.workers > 1:
@@ -256,8 +273,10 @@ def register_metrics(gateway: Gateway, router: Router) -> Metrics:
     return metrics
 
 
-def _observed(prepare: Callable[[Exchange], Record], metrics: Metrics) -> Callable[[Exchange], Record]:
-    def observed(ex: Exchange) -> Record:
+def observed(prepare: Callable[[Exchange], Record], metrics: Metrics) -> Callable[[Exchange], Record]:
+    """``prepare`` that also counts each request in ``metrics``."""
+
+    def counted(ex: Exchange) -> Record:
         record = prepare(ex)
         try:
             metrics.observe(ex, record)
@@ -265,7 +284,7 @@ def _observed(prepare: Callable[[Exchange], Record], metrics: Metrics) -> Callab
             log.exception("could not count request %s in the metrics", record.id)
         return record
 
-    return observed
+    return counted
 
 
 def _merge(histogram: Histogram, counts: Iterable[int], total: int) -> None:

@@ -267,6 +267,11 @@ class Recorder(Generic[T]):
             thread.start()
             self._threads.append(thread)
 
+    @property
+    def handled(self) -> int:
+        """Items stored, spooled or dropped so far: always a prefix of the submitted ones."""
+        return self._handled
+
     def flush(self, timeout: float) -> bool:
         """Wait until everything submitted so far, and every spool, is in the store; ``False`` on timeout."""
         target = self.stats.submitted

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
@@ -63,7 +64,11 @@ def running_gateway(
     *,
     store: Store | None = None,
     environ: dict[str, str] | None = None,
+    recording: str | None = None,
 ) -> Iterator[RunningGateway]:
+    """``recording="process"`` records through a recording process, as ``tailgate serve`` does;
+    the default is a thread (faster to start), or ``$TAILGATE_TEST_RECORDING``."""
+    recording = recording or os.environ.get("TAILGATE_TEST_RECORDING", "thread")
     if isinstance(config, str):
         config = config_from(config, environ)
     if store is None:
@@ -73,7 +78,7 @@ def running_gateway(
     box: dict[str, Any] = {}
 
     async def main() -> None:
-        gateway = Gateway(config, store=store, data_dir=str(tmp_path / "data"))
+        gateway = Gateway(config, store=store, data_dir=str(tmp_path / "data"), recording=recording)
         addresses = await gateway.start(["127.0.0.1:0"])
         stop = asyncio.Event()
         box.update(

@@ -188,6 +188,9 @@ class ServerSettings:
     """Worker processes; ``0`` means one per CPU core."""
     public_url: str = ""
     """How clients reach this gateway (``http://ai``); shown on the quick-start page."""
+    recording: str = "process"
+    """Where records are metered and stored: ``process`` (a child process per worker, at a lower
+    CPU priority) or ``thread`` (a thread of the worker)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,8 +26,10 @@ SERVER_KEYS = (
     "upstream_timeout",
     "workers",
     "public_url",
+    "recording",
     "identity",
 )
+RECORDING_MODES = ("process", "thread")
 IDENTITY_KEYS = (
     "sources",
     "tailscale_socket",
@@ -93,6 +95,10 @@ def read_server(reader: Reader, value: object) -> ServerSettings:
             f'server.public_url "{fields["public_url"]}" must start with http:// or https://; ignored'
         )
         public_url = ""
+    recording = reader.string(fields, "recording", "server") or defaults.recording
+    if recording not in RECORDING_MODES:
+        reader.warn(f'server.recording must be "process" or "thread", not "{recording}"; using "process"')
+        recording = defaults.recording
     return ServerSettings(
         listen=listen or defaults.listen,
         database=database,
@@ -106,6 +112,7 @@ def read_server(reader: Reader, value: object) -> ServerSettings:
         identity=_identity(reader, fields.get("identity")),
         workers=workers,
         public_url=public_url,
+        recording=recording,
     )
 
 

@@ -25,7 +25,7 @@ SETTLE_SECONDS = 0.05
 """After a change is seen, wait this long for the writer to finish before reading."""
 
 
-RESTART_ONLY = ("listen", "database", "workers")
+RESTART_ONLY = ("listen", "database", "workers", "recording")
 """``server`` settings a running gateway cannot change; a reload only warns about them."""
 
 
