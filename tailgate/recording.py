@@ -420,9 +420,10 @@ class RecordingProcess:
         behind = len(self._unacked) - self.high_water
         if behind > 0:
             # The child runs at a lower priority; when the worker keeps its CPU busy, the child
-            # falls behind. Stepping aside for up to 10 ms per send bounds the backlog (and the
-            # memory it holds) at the cost of serving a little slower until it catches up.
-            time.sleep(min(behind / self.high_water, 10.0) / 1000)
+            # falls behind. Stepping aside (2 ms per 1,000 behind, at most 50 ms per send)
+            # bounds the backlog, and the memory it holds, at the cost of serving slower until
+            # the child catches up.
+            time.sleep(min(2 * behind / self.high_water, 50.0) / 1000)
         if self._outbox:
             self._pending_out += b"".join(self._outbox)
             self._outbox.clear()
