@@ -65,7 +65,7 @@ class Gateway:
         if (recording or config.server.recording) == "process":
             self.recorder = RecordingProcess(
                 config,
-                database=_database_of(self.store),
+                database=self.store.url,
                 data_dir=str(self.data_dir),
                 worker=worker,
                 workers=workers,
@@ -263,14 +263,6 @@ def _refuse_websocket() -> Response:
     error.status = 426
     body = error_body(error, info.dialect)
     return Response(426, body, [(b"upgrade", b"HTTP/1.1")])
-
-
-def _database_of(store: Store) -> str:
-    """Where ``store`` keeps its data, for a recording process to open it too."""
-    location = getattr(store, "url", None) or getattr(store, "path", None)
-    if not isinstance(location, str):
-        raise ValueError(f"cannot tell a recording process where {type(store).__name__} keeps its data")
-    return location
 
 
 def _default_data_dir() -> str:

@@ -31,6 +31,7 @@ from tailgate import __version__
 from tailgate.errors import AccessDenied
 from tailgate.http.messages import Request, Response
 from tailgate.record import Outcome, Record
+from tailgate.recording import RecordingProcess
 
 if TYPE_CHECKING:
     from tailgate.app import Gateway
@@ -248,8 +249,6 @@ class Metrics:
 
 def register_metrics(gateway: Gateway, router: Router) -> Metrics:
     """Count every request the gateway records and serve ``GET /metrics`` (``read_metrics`` only)."""
-    from tailgate.recording import RecordingProcess
-
     metrics = Metrics()
     recorder = gateway.recorder
     if isinstance(recorder, RecordingProcess):

@@ -38,6 +38,7 @@ import orjson
 from tailgate.dialects import Dialect, Operation
 from tailgate.identity import Identity, IdentityKind, IdentitySource
 from tailgate.ledger import BucketSpec
+from tailgate.proxy import Exchange
 from tailgate.quotas import Reservation
 from tailgate.record import Outcome, Record
 from tailgate.recorder import RecorderStats
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
 
     from tailgate.config.model import Config
     from tailgate.metrics import Metrics
-    from tailgate.proxy import Exchange
     from tailgate.runtime import Runtime
 
 log = logging.getLogger("tailgate.recording")
@@ -88,7 +88,6 @@ def split_frames(buffer: bytearray) -> list[tuple[int, bytes]]:
 def pack(ex: Exchange) -> bytes:
     """What :func:`tailgate.metering.finalize` reads of ``ex``, as bytes (runs on the event loop)."""
     identity, route, reservation = ex.identity, ex.route, ex.reservation
-    chunks = ex.response_chunks
     return pickle.dumps(
         (
             ex.runtime.generation,
@@ -124,7 +123,7 @@ def pack(ex: Exchange) -> bytes:
             ex.outcome.value,
             ex.error,
             ex.response_headers,
-            chunks[0] if len(chunks) == 1 else b"".join(chunks),
+            b"".join(ex.response_chunks),  # one chunk is passed on as is, not copied
             ex.first_byte_ns,
             ex.ended_ns,
             ex.gateway_ns,
@@ -140,8 +139,6 @@ def _spec_values(spec: BucketSpec) -> tuple[str, str, int, int, int]:
 def unpack(data: bytes, runtime_of: Callable[[int], Runtime], *, settle: bool = True) -> Exchange:
     """The exchange :func:`pack` wrote, on ``runtime_of(generation)``; without its reservation
     when ``settle`` is false (a resent exchange whose settlement may already be stored)."""
-    from tailgate.proxy import Exchange
-
     (
         generation,
         record_id,

@@ -144,6 +144,9 @@ class Tx(Protocol):
 class Store(KeyStore, Protocol):
     """The request log, roll-ups, sessions and gateway API keys."""
 
+    url: str
+    """Where the data is (a SQLite path or a PostgreSQL URL): what another process opens."""
+
     def transaction(self, work: Callable[[Tx], R]) -> R:
         """Run ``work`` in one write transaction, committed if it returns, rolled back if it raises.
 

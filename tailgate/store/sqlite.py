@@ -201,6 +201,7 @@ class SQLiteStore(SQLStore):
         checkpoint_frames: int = CHECKPOINT_FRAMES,
     ) -> None:
         self.path = path
+        self.url = path
         self.busy_timeout = busy_timeout
         self.cache_mb = cache_mb
         parent = os.path.dirname(os.path.abspath(path))
