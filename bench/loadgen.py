@@ -153,10 +153,11 @@ async def streams(url: str, body: bytes, concurrency: int, interval_ms: int, rou
     lags: list[int] = []
     errors = 0
     short = 0
+    served = 0
 
     async def one(client: _Client, delay: float) -> None:
         # Starts are spread over one interval, as real streams are; the first round warms up.
-        nonlocal errors, short
+        nonlocal errors, short, served
         await asyncio.sleep(delay)
         for round_ in range(rounds + 1):
             try:
@@ -164,6 +165,7 @@ async def streams(url: str, body: bytes, concurrency: int, interval_ms: int, rou
             except (ConnectionError, TimeoutError):
                 errors += 1
                 return
+            served += 1
             if round_ == 0:
                 continue
             if result.status != 200:
@@ -182,6 +184,7 @@ async def streams(url: str, body: bytes, concurrency: int, interval_ms: int, rou
     late = sum(1 for lag in lags if lag > 5_000_000)
     return {
         "streams": concurrency * rounds,
+        "served": served,  # the warm-up round included
         "seconds": elapsed,
         "errors": errors,
         "incomplete": short,

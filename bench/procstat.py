@@ -43,16 +43,17 @@ def cpu_seconds(pid: int) -> float:
 
 
 def thread_cpu_seconds(pid: int) -> dict[int, float]:
-    """User + system CPU time of each live thread of ``pid``, by thread id."""
+    """User + system CPU time of each live thread of ``pid`` and its descendants, by thread id."""
     out: dict[int, float] = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
-                stat = f.read()
-        except FileNotFoundError:
-            continue  # the thread ended
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        out[int(tid)] = (int(fields[11]) + int(fields[12])) / _TICKS
+    for member in family(pid):
+        for tid in _listdir(f"/proc/{member}/task"):
+            try:
+                with open(f"/proc/{member}/task/{tid}/stat", "rb") as f:
+                    stat = f.read()
+            except FileNotFoundError:
+                continue  # the thread ended
+            fields = stat[stat.rindex(b")") + 2 :].split()
+            out[int(tid)] = (int(fields[11]) + int(fields[12])) / _TICKS
     return out
 
 

@@ -157,6 +157,7 @@ def main() -> int:
                 raw = workdir / "profile.txt"
                 record = [*_taskset(layout.load), spy, "record", "--pid", str(gw.pid), "--format", "raw"]
                 record += ["--rate", str(args.rate), "--duration", str(int(args.seconds)), "--threads"]
+                record += ["--subprocesses"]  # the recording process too
                 record += ["--output", str(raw), *(["--native"] if args.native else ["--nonblocking"])]
                 record += ["--gil"] if args.gil else []
                 record += ["--idle"] if args.idle else []
@@ -169,7 +170,8 @@ def main() -> int:
                     rounds = max(1, int((args.seconds - 2) / 0.6))
                     paced = loadgen("streams", url, STREAM_BODY, layout.load, workdir, concurrency=512,
                                     interval_ms=25, rounds=rounds)  # fmt: skip
-                    result = {"requests": paced["streams"], "rps": paced["streams"] / paced["seconds"]}
+                    served = paced.get("served", paced["streams"])  # the warm-up round included
+                    result = {"requests": served, "rps": served / paced["seconds"]}
                 else:
                     result = wrk(url, body, args.connections, args.seconds - 2, layout.load, workdir)
                 used = cpu_seconds(gw.pid) - cpu0

@@ -349,7 +349,8 @@ def measure(
     )
     if meter is not None:
         busy, _ = meter.stop()
-        paced["cpu_us_per_stream"] = busy * 1e6 / max(paced["streams"], 1)
+        # The meter spans the warm-up round as well: divide by every stream served.
+        paced["cpu_us_per_stream"] = busy * 1e6 / max(paced.get("served", paced["streams"]), 1)
     out["paced_streams"] = paced
     if pid:
         out["peak_rss_mb"] = memory_kib(pid)["VmHWM"] / 1024

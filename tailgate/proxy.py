@@ -382,6 +382,8 @@ class _UsageChunkFilter:
         self._pending = b""
 
     def feed(self, data: bytes) -> bytes:
+        if not self._pending and data.endswith(b"\n\n") and _EMPTY_CHOICES.search(data) is None:
+            return data  # whole events, none of them the usage chunk: the common case, no split
         buffer = self._pending + data if self._pending else data
         out: list[bytes] = []
         start = 0

@@ -129,6 +129,10 @@ def test_a_usage_chunk_split_across_reads_is_still_removed(
             at += step
         out.append(usage_filter.flush())
         assert b"".join(out) == expected
+    usage_filter = _UsageChunkFilter()  # one whole event per read, as a paced stream arrives
+    whole = [usage_filter.feed(event) for event in events(upstream_bytes)]
+    assert b"".join([*whole, usage_filter.flush()]) == expected
+    assert sum(piece == b"" for piece in whole) == 1  # only the usage chunk was held back
 
 
 # -- streams cut short ------------------------------------------------------------------------------------
