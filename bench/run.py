@@ -199,6 +199,34 @@ def tailgate_config(upstream_port: int, workdir: Path) -> str:
     )
 
 
+def nginx_config(upstream_port: int, port: int, workdir: Path) -> str:
+    """nginx as a plain reverse proxy to the mock: one process, pooled upstream connections,
+    answers passed on as they arrive (no buffering, as a gateway must for streams)."""
+    return f"""daemon off;
+master_process off;
+worker_processes 1;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log {workdir}/nginx-access.log;
+    client_body_temp_path {workdir}/nginx-body;
+    proxy_temp_path {workdir}/nginx-proxy;
+    upstream mock {{ server 127.0.0.1:{upstream_port}; keepalive 128; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+        }}
+    }}
+}}
+"""
+
+
 def tailgate_command(
     config: Path, port: int, switch_interval_ms: float | None = None, workers: int = 1
 ) -> list[str]:
@@ -512,6 +540,13 @@ def main() -> int:
     parser.add_argument("--other-port", type=int, help="the port the other gateway listens on")
     parser.add_argument("--other-name", default="other")
     parser.add_argument(
+        "--nginx",
+        action="store_true",
+        help="also measure nginx as a plain reverse proxy (keep-alive upstream, no buffering): the"
+        " floor a proxy on this machine can reach, which makes figures from machines of different"
+        " speeds comparable",
+    )
+    parser.add_argument(
         "--switch-interval",
         type=float,
         help="run the gateway with sys.setswitchinterval(MS / 1000) (an experiment: how long a"
@@ -588,23 +623,34 @@ def main() -> int:
                     results[name] = measure(
                         name, f"http://127.0.0.1:{port}", gw.pid, multi_plan, layout, workdir, load
                     )
+            others: list[tuple[str, str, int]] = []
+            if args.nginx:
+                nginx_port = _free_port()
+                nginx_conf = workdir / "nginx.conf"
+                nginx_conf.write_text(nginx_config(upstream_port, nginx_port, workdir))
+                others.append(("nginx", f"{shutil.which('nginx') or 'nginx'} -c {nginx_conf}", nginx_port))
             if args.other:
                 command = args.other.format(upstream=upstream, port=args.other_port)
-                with process(shlex.split(command), layout.gateway, log=workdir / "other.log") as other:
-                    _wait_port(args.other_port, other)
+                others.append((args.other_name, command, args.other_port))
+            for other_name, command, other_port in others:
+                log = workdir / f"{other_name}.log"
+                with process(shlex.split(command), layout.gateway, log=log) as other:
+                    _wait_port(other_port, other)
                     other_plan = Plan(**{**plan.__dict__, "soak_requests": 0})
-                    results[args.other_name] = measure(
-                        args.other_name,
-                        f"http://127.0.0.1:{args.other_port}",
+                    results[other_name] = measure(
+                        other_name,
+                        f"http://127.0.0.1:{other_port}",
                         other.pid,
                         other_plan,
                         layout,
                         workdir,
                         load,
+                        upstream_pid=mock.pid,
                     )
 
     direct = results["direct"]
-    names = [n for n in ("direct", "tailgate", f"tailgate x{args.workers}", args.other_name) if n in results]
+    candidates = ("direct", "tailgate", f"tailgate x{args.workers}", "nginx", args.other_name)
+    names = [n for n in candidates if n in results]
     results["summary"] = {n: summary(direct, results[n]) for n in names}
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
