@@ -210,9 +210,10 @@ error_log {workdir}/nginx-error.log warn;
 events {{ worker_connections 4096; }}
 http {{
     access_log {workdir}/nginx-access.log;
+    keepalive_requests 10000000;
     client_body_temp_path {workdir}/nginx-body;
     proxy_temp_path {workdir}/nginx-proxy;
-    upstream mock {{ server 127.0.0.1:{upstream_port}; keepalive 128; }}
+    upstream mock {{ server 127.0.0.1:{upstream_port}; keepalive 128; keepalive_requests 10000000; }}
     server {{
         listen 127.0.0.1:{port};
         location / {{
