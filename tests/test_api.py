@@ -39,7 +39,8 @@ CONFIG = """{
       {"models": "demo/**", "quotas": [{"bucket": "daily:<user>"}]},
     ]}},
   ],
-  "quotas": {"daily:<user>": {"capacity": "$1.00", "rate": "$1.00/day"}},
+  // Refill slow enough that one small charge stays visible for minutes, however slow the machine.
+  "quotas": {"daily:<user>": {"capacity": "$1.00", "rate": "$1.00/month"}},
 }"""
 
 
@@ -260,7 +261,7 @@ def test_quotas_own_buckets_and_admin_refill(api: Api) -> None:
         "capacity_nd": 1_000_000_000,
         "balance": "$1.00",
         "capacity": "$1.00",
-        "rate": "$1.00/day",
+        "rate": "$1.00/month",
         "updated_at": None,
     }
     assert api.chat("carol") == 200
