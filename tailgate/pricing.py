@@ -212,17 +212,21 @@ class _Plan:
         leaves: list[int] = []
         total = Decimal(0)
         for unit in self.units:
-            leaf = counts.get(unit.usage_key, 0) - sum(leaves[i] for i in unit.descendants)
-            # Inconsistent upstream numbers (parts larger than the whole) price the whole only.
-            leaf = max(leaf, 0)
+            leaf = counts.get(unit.usage_key, 0)
+            if leaf > 0 and unit.descendants:
+                leaf -= sum(leaves[i] for i in unit.descendants)
+            if leaf <= 0:
+                # Nothing counted, or inconsistent upstream numbers (parts larger than the
+                # whole): price the whole only.
+                leaves.append(0)
+                continue
             leaves.append(leaf)
-            if leaf:
-                rate = unit.base
-                for start, tier_rate in unit.tiers:
-                    if total_input > start:
-                        rate = tier_rate
-                        break
-                total += rate * leaf
+            rate = unit.base
+            for start, tier_rate in unit.tiers:
+                if total_input > start:
+                    rate = tier_rate
+                    break
+            total += rate * leaf
         return total
 
 
