@@ -86,12 +86,13 @@ def workers(config: str, tmp_path: Path, *, log_level: str = "WARNING") -> Itera
     )
     try:
         deadline = time.monotonic() + 30
-        while True:
+        answered: set[int] = set()
+        while len(answered) < 2:  # both workers listen: each has answered a fresh connection
             with contextlib.suppress(OSError):
-                if _get(port, "/healthz")[0] == 200:
-                    break
-            assert time.monotonic() < deadline, "workers did not start"
-            time.sleep(0.1)
+                answered.add(running.pid())
+            assert time.monotonic() < deadline, f"workers did not start (answered: {answered})"
+            if len(answered) < 2:
+                time.sleep(0.05)
         yield running
     finally:
         running.process.send_signal(signal.SIGTERM)
