@@ -79,9 +79,11 @@ def memory_kib(pid: int) -> dict[str, int]:
 def idle_rate(pid: int, seconds: float = 1.0, *, windows: int = 4) -> float:
     """CPU seconds per second that ``pid`` burns while nobody calls it.
 
-    The lowest rate over ``windows`` slices of ``seconds``: background work left from the last
-    load (a recording process storing the warm-up's records) is not idle burn.
+    Measured once the process is nearly quiet (under 5% of a CPU, waiting at most a minute),
+    then the lowest rate over ``windows`` slices of ``seconds``: background work left from the
+    last load (a recording process storing the warm-up's records) is not idle burn.
     """
+    settle(pid, 0.05, limit=60.0)
     rates = []
     for _ in range(windows):
         before = cpu_seconds(pid)

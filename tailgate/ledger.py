@@ -173,6 +173,16 @@ class _Settlement:
     """Added to every bucket: the reservation given back minus the real cost."""
 
 
+@dataclass(slots=True)
+class _Lease:
+    """Budget this process took from a bucket ahead of time, to admit requests from in memory."""
+
+    spec: BucketSpec
+    remaining: int
+    taken_at: float
+    """``time.monotonic()`` of the last top-up: an unused remainder goes back after a while."""
+
+
 class QuotaLedger:
     """Bucket balances in the store, changed only by atomic transactions.
 
@@ -186,6 +196,13 @@ class QuotaLedger:
     MAX_PENDING_SETTLEMENTS = 100_000
     MIN_BACKOFF = 0.5
     MAX_BACKOFF = 5.0
+    LEASE_REQUESTS = 32
+    """A lease holds the reservations of about this many admissions like the one that took it."""
+    LEASE_SHARE = 100
+    """A lease is only taken while its bucket keeps at least this many times the lease after it
+    (so a lease is at most 1% of what the bucket holds, and none is taken near exhaustion)."""
+    LEASE_SECONDS = 1.0
+    """An unused lease remainder goes back to its bucket after this long without a top-up."""
 
     def __init__(self, store: Store) -> None:
         self._store = quota_database(store)
@@ -205,10 +222,34 @@ class QuotaLedger:
         self._backoff = self.MIN_BACKOFF
         self._closing = False
         self._thread: threading.Thread | None = None
+        self._leases: dict[str, _Lease] = {}
         self.transactions = 0
         """Quota transactions committed by this ledger (for tests and metrics)."""
+        self.leased_admissions = 0
+        """Admissions decided in memory from a lease (for tests and metrics)."""
 
     # -- the request path (any thread) ------------------------------------------------------
+
+    def admit_leased(self, specs: Sequence[BucketSpec], amount: int) -> bool:
+        """Admit from this process's leases, in memory, if every bucket's lease covers ``amount``.
+
+        A lease is budget already taken from its bucket by an earlier admission's transaction
+        (while the bucket held at least :attr:`LEASE_SHARE` times more), so reserving from it
+        needs no transaction. ``False``: decide through the store (:meth:`admit_now`, :meth:`submit`).
+        """
+        if not self._leases:
+            return False
+        with self._cond:
+            held = []
+            for spec in specs:
+                lease = self._leases.get(spec.name)
+                if lease is None or lease.spec != spec or lease.remaining <= 0 or lease.remaining < amount:
+                    return False
+                held.append(lease)
+            for lease in held:
+                lease.remaining -= amount
+            self.leased_admissions += 1
+            return True
 
     def submit(self, specs: Sequence[BucketSpec], amount: int) -> Verdict:
         """Queue an admission; the future gives ``[]`` when admitted (``amount`` reserved on every
@@ -245,14 +286,16 @@ class QuotaLedger:
             self._busy_since = time.monotonic()
         admission = _Admission(tuple(specs), amount)
         done, results = False, None
+        grants: list[tuple[BucketSpec, int]] = []
         try:
-            done, results = try_transaction(self._work([admission], settlements))
+            done, results = try_transaction(self._work([admission], settlements, grants))
         except Exception:
             log.debug("inline quota admission failed; using the ledger thread", exc_info=True)
         with self._cond:
             if done:
                 self._stored += len(settlements)
                 self.transactions += 1
+                self._grant(grants)
             else:
                 self._settlements.extendleft(reversed(settlements))
             self._busy_since = 0.0
@@ -286,6 +329,15 @@ class QuotaLedger:
                     return
                 self._cond.wait(remaining)
 
+    def return_leases(self) -> None:
+        """Give every lease's unused remainder back to its bucket (queued as settlements; a
+        :meth:`flush` stores them). Leases are otherwise given back after :attr:`LEASE_SECONDS`
+        without a top-up, and at :meth:`close`."""
+        with self._cond:
+            self._return_leases(taken_before=math.inf)
+            if self._settlements:
+                self._ensure_thread()
+
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything queued so far is done and every settlement stored.
 
@@ -301,7 +353,9 @@ class QuotaLedger:
         return True
 
     def close(self, timeout: float = 5.0) -> None:
-        """Store queued settlements (waiting at most ``timeout``), then stop the writer thread."""
+        """Give leases back and store queued settlements (waiting at most ``timeout``), then stop
+        the writer thread."""
+        self.return_leases()
         if not self.flush(timeout):
             log.error("quota settlements not stored at shutdown; their reservations stay charged")
         with self._cond:
@@ -328,12 +382,17 @@ class QuotaLedger:
                     if self._closing:
                         self._fail_queued(LedgerUnavailable("the gateway is shutting down", 1))
                         return
-                    wait = self._down_until - time.monotonic()
+                    now = time.monotonic()
+                    expiry = self._return_leases(taken_before=now - self.LEASE_SECONDS)
+                    wait = self._down_until - now
                     if wait > 0 and self._admissions:
                         self._fail_queued(_unavailable(wait))
                     if self._admissions or (self._settlements and wait <= 0):
                         break
-                    self._cond.wait(wait if self._settlements and wait > 0 else None)
+                    timeout = wait if self._settlements and wait > 0 else None
+                    if expiry is not None:
+                        timeout = expiry - now if timeout is None else min(timeout, expiry - now)
+                    self._cond.wait(timeout)
                 admissions = [
                     a
                     for a in _take(self._admissions, self.MAX_BATCH)
@@ -350,8 +409,9 @@ class QuotaLedger:
                 admission.future.set_exception(error)
 
     def _run_batch(self, admissions: list[_Admission], settlements: list[_Settlement]) -> None:
+        grants: list[tuple[BucketSpec, int]] = []
         try:
-            results = self._transact(admissions, settlements)
+            results = self._transact(admissions, settlements, grants)
         except Exception as exc:
             with self._cond:
                 self._settlements.extendleft(reversed(settlements))
@@ -371,6 +431,7 @@ class QuotaLedger:
             self._backoff = self.MIN_BACKOFF
             with self._cond:
                 self._stored += len(settlements)
+                self._grant(grants)
             # Before the batch counts as done, so a flush also waits for what these give back.
             for admission, exhausted in zip(admissions, results, strict=True):
                 admission.future.set_result(exhausted)
@@ -378,18 +439,58 @@ class QuotaLedger:
             self._busy_since = 0.0
             self._cond.notify_all()
 
+    def _grant(self, grants: Iterable[tuple[BucketSpec, int]]) -> None:
+        """Hold the leases a committed transaction took (called with ``self._cond`` held)."""
+        now = time.monotonic()
+        for spec, amount in grants:
+            lease = self._leases.get(spec.name)
+            if lease is not None and lease.spec == spec:
+                lease.remaining += amount
+                lease.taken_at = now
+                continue
+            if lease is not None and lease.remaining > 0:  # taken under an older definition
+                self._settlements.append(_Settlement((lease.spec,), lease.remaining))
+                self._queued += 1
+            self._leases[spec.name] = _Lease(spec, amount, now)
+        if grants:
+            self._ensure_thread()  # it gives back what goes unused
+            self._cond.notify_all()
+
+    def _return_leases(self, *, taken_before: float) -> float | None:
+        """Queue settlements that give back the remainders of the leases last topped up at or
+        before ``taken_before`` (``time.monotonic()``); when the next lease falls due, or ``None``.
+        Called with ``self._cond`` held."""
+        returned = [name for name, lease in self._leases.items() if lease.taken_at <= taken_before]
+        for name in returned:
+            lease = self._leases.pop(name)
+            if lease.remaining > 0:
+                self._settlements.append(_Settlement((lease.spec,), lease.remaining))
+                self._queued += 1
+        if returned:
+            self._cond.notify_all()
+        if not self._leases:
+            return None
+        return min(lease.taken_at for lease in self._leases.values()) + self.LEASE_SECONDS
+
     # -- transactions ---------------------------------------------------------------------
 
     def _transact(
-        self, admissions: Sequence[_Admission], settlements: Sequence[_Settlement]
+        self,
+        admissions: Sequence[_Admission],
+        settlements: Sequence[_Settlement],
+        grants: list[tuple[BucketSpec, int]] | None = None,
     ) -> list[list[BucketState]]:
         """Settle, then admit in order, in one transaction; one result per admission."""
-        return self._store._write(self._work(admissions, settlements))  # type: ignore[attr-defined, no-any-return]
+        return self._store._write(self._work(admissions, settlements, grants))  # type: ignore[attr-defined, no-any-return]
 
     def _work(
-        self, admissions: Sequence[_Admission], settlements: Sequence[_Settlement]
+        self,
+        admissions: Sequence[_Admission],
+        settlements: Sequence[_Settlement],
+        grants: list[tuple[BucketSpec, int]] | None = None,
     ) -> Callable[[Any], list[list[BucketState]]]:
-        """The transaction that settles, then admits in order."""
+        """The transaction that settles, then admits in order; with ``grants``, it also takes
+        leases (appended there, to be held once the transaction commits)."""
         specs: dict[str, BucketSpec] = {}
         for settlement in settlements:
             for spec in settlement.specs:
@@ -410,13 +511,24 @@ class QuotaLedger:
                     if state is not None:
                         state.balance = min(state.capacity, state.balance + settlement.delta)
             results = []
+            last_admitted: dict[str, tuple[BucketSpec, int]] = {}
             for admission in admissions:
                 held = [states[s.name] for s in admission.specs]
                 exhausted = [replace(s) for s in held if s.balance <= 0]
                 if not exhausted:
                     for state in held:
                         state.balance -= admission.amount
+                    for spec in admission.specs:
+                        last_admitted[spec.name] = (spec, admission.amount)
                 results.append(exhausted)
+            if grants is not None:
+                grants.clear()  # a retried transaction starts over
+                for name, (spec, amount) in last_admitted.items():
+                    lease = self.LEASE_REQUESTS * amount
+                    state = states[name]
+                    if lease > 0 and state.balance - lease >= self.LEASE_SHARE * lease:
+                        state.balance -= lease
+                        grants.append((spec, lease))
             self._save(tx, states.values())
             return results
 
@@ -486,17 +598,25 @@ class QuotaLedger:
         return self._store._write(work)  # type: ignore[attr-defined, no-any-return]
 
     def states(self, names: Iterable[str] | None = None) -> list[BucketState]:
-        """Stored bucket states, as last written (callers refill them to now for display)."""
+        """Bucket states as last written, plus what this process holds in leases and has not
+        reserved yet (callers refill them to now for display)."""
         rows = self._store._read(  # type: ignore[attr-defined]
             "SELECT name, balance_nd, updated_at_us, capacity_nd, rate_nd, rate_period_s FROM quota_buckets"
             " ORDER BY name"
         )
         wanted = set(names) if names is not None else None
-        return [
+        states = [
             BucketState(r[0], int(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]))
             for r in rows
             if wanted is None or r[0] in wanted
         ]
+        if self._leases:
+            with self._cond:
+                for state in states:
+                    lease = self._leases.get(state.name)
+                    if lease is not None:
+                        state.balance = min(state.capacity, state.balance + lease.remaining)
+        return states
 
     def apply_definitions(self, quotas: Mapping[str, QuotaDef]) -> None:
         """Adjust stored buckets to changed definitions; delete those whose definition is gone.

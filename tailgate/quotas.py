@@ -163,9 +163,12 @@ class QuotaPolicy:
     async def _verdict(self, specs: list[BucketSpec], estimate: int, *, inline: bool) -> list[BucketState]:
         """The ledger's answer to one admission; :class:`QuotaUnavailable` when it cannot answer.
 
+        First from this process's leases, in memory (see :meth:`QuotaLedger.admit_leased`).
         ``inline``: the request is alone, so deciding on this thread costs less than two thread
         handoffs; under concurrency the ledger's thread decides many admissions per transaction.
         """
+        if self._ledger.admit_leased(specs, estimate):
+            return []
         if inline:
             now = self._ledger.admit_now(specs, estimate)
             if now is not None:

@@ -106,8 +106,9 @@ def chat(max_tokens: int = 1000, text: str = "hi", **extra: Any) -> dict[str, An
 
 
 def settled(gw: RunningGateway) -> None:
-    """Wait until every record is stored and every settlement applied."""
+    """Wait until every record is stored, every lease given back and every settlement applied."""
     gw.flush()
+    gw.gateway.ledger.return_leases()
     assert gw.gateway.ledger.flush(10), "quota settlements were not stored in time"
 
 
@@ -267,6 +268,57 @@ def fixed(name: str, capacity: int, rate: int = 0) -> BucketSpec:
     return BucketSpec(name, name, capacity, rate, DAY)
 
 
+def stored_balance(ledger: QuotaLedger, name: str) -> int:
+    """The balance in the database, without what this process holds in leases."""
+    rows = ledger._store._read("SELECT balance_nd FROM quota_buckets WHERE name = ?", (name,))  # type: ignore[attr-defined]
+    return int(rows[0][0])
+
+
+def test_a_lease_admits_from_memory_and_goes_back_when_unused(ledger: QuotaLedger) -> None:
+    team = fixed("team", 10_000 * ND)
+    assert ledger.submit([team], ND).result(5) == []
+    lease = ledger.LEASE_REQUESTS * ND  # taken in the admission's transaction
+    assert stored_balance(ledger, "team") == 10_000 * ND - ND - lease
+    assert [s.balance for s in ledger.states()] == [10_000 * ND - ND]  # what is held counts as there
+    transactions = ledger.transactions
+    for _ in range(ledger.LEASE_REQUESTS):
+        assert ledger.admit_leased([team], ND)
+    assert not ledger.admit_leased([team], ND)  # spent: the next one asks the database
+    assert ledger.transactions == transactions and ledger.leased_admissions == ledger.LEASE_REQUESTS
+    for _ in range(ledger.LEASE_REQUESTS + 1):
+        ledger.settle([team], ND, ND // 4, wait=False)  # each answer cost a quarter of its estimate
+    assert ledger.flush(5)
+    spent = (ledger.LEASE_REQUESTS + 1) * (ND // 4)
+    assert stored_balance(ledger, "team") == 10_000 * ND - spent
+
+    ledger.LEASE_SECONDS = 0.2
+    assert ledger.submit([team], ND).result(5) == []  # takes a new lease, then leaves it unused
+    assert ledger.admit_leased([team], ND)
+    deadline = time.monotonic() + 5
+    while stored_balance(ledger, "team") != 10_000 * ND - spent - 2 * ND:  # the rest went back
+        assert time.monotonic() < deadline, "an unused lease was not given back"
+        time.sleep(0.05)
+    assert not ledger.admit_leased([team], ND)
+
+
+def test_no_lease_is_taken_near_exhaustion(ledger: QuotaLedger) -> None:
+    team = fixed("team", 100 * ND)  # a lease of 32 $ would leave less than 100 leases' worth
+    assert ledger.submit([team], ND).result(5) == []
+    assert stored_balance(ledger, "team") == 99 * ND
+    assert not ledger.admit_leased([team], ND)
+
+
+def test_a_lease_is_only_used_for_the_definition_it_was_taken_under(ledger: QuotaLedger) -> None:
+    old, new = fixed("team", 10_000 * ND), fixed("team", 20_000 * ND)
+    assert ledger.submit([old], ND).result(5) == []
+    assert not ledger.admit_leased([new], ND)  # the definition changed: ask the database
+    assert ledger.submit([new], ND).result(5) == []  # a new lease; the old one goes back
+    assert ledger.admit_leased([new], ND) and not ledger.admit_leased([old], ND)
+    ledger.return_leases()
+    assert ledger.flush(5)
+    assert stored_balance(ledger, "team") == 10_000 * ND - 3 * ND  # three reservations, no lease
+
+
 def test_admission_reserves_on_every_bucket_or_none(ledger: QuotaLedger) -> None:
     a, b = fixed("a", 1000), fixed("b", 300)
     assert ledger.reserve([a, b], 400) == []
@@ -352,12 +404,17 @@ class FlakyStore:
         return self.store._read(sql, params)
 
 
-def test_an_outage_refuses_admissions_at_once_and_keeps_settlements(tmp_path: Path) -> None:
+def flaky_ledger(tmp_path: Path) -> tuple[Any, FlakyStore, QuotaLedger]:
+    """A ledger on a SQLite store that fails while ``down`` is set."""
     real = open_store(str(tmp_path / "q.db"))
     real.migrate()
     assert isinstance(real, SQLStore)
     flaky = FlakyStore(real)
-    ledger = QuotaLedger(flaky)  # type: ignore[arg-type]
+    return real, flaky, QuotaLedger(flaky)  # type: ignore[arg-type]
+
+
+def test_an_outage_refuses_admissions_at_once_and_keeps_settlements(tmp_path: Path) -> None:
+    real, flaky, ledger = flaky_ledger(tmp_path)
     ledger.MIN_BACKOFF = 0.2
     bucket = fixed("team", 10 * ND)
     assert ledger.submit([bucket], 3 * ND).result(5) == []
@@ -384,6 +441,22 @@ def test_an_outage_refuses_admissions_at_once_and_keeps_settlements(tmp_path: Pa
 
 
 @pytest.mark.postgres
+def test_leased_admissions_go_on_while_the_store_is_down(tmp_path: Path) -> None:
+    real, flaky, ledger = flaky_ledger(tmp_path)
+    team = fixed("team", 10_000 * ND)
+    assert ledger.submit([team], ND).result(5) == []
+    flaky.down = True
+    # The budget was taken before the outage: spending it stays within the bound.
+    assert all(ledger.admit_leased([team], ND) for _ in range(ledger.LEASE_REQUESTS))
+    assert not ledger.admit_leased([team], ND)
+    with pytest.raises(LedgerUnavailable):
+        ledger.submit([team], ND).result(5)
+    flaky.down = False
+    ledger.close()
+    assert real._read("SELECT balance_nd FROM quota_buckets")[0][0] == 10_000 * ND - 33 * ND
+    real.close()
+
+
 def test_a_database_outage_answers_503_with_retry_after_then_recovers(
     pg_admin_url: str, mock_upstream: MockUpstream, tmp_path: Path
 ) -> None:
@@ -400,6 +473,7 @@ def test_a_database_outage_answers_503_with_retry_after_then_recovers(
     try:
         with running_gateway(config, tmp_path, store=store) as gw:
             gw.gateway.ledger.stall_timeout = 0.5
+            gw.gateway.ledger.LEASE_REQUESTS = 0  # no leases: every admission asks the database
             assert post(gw.port, "/v1/chat/completions", chat(10))[0] == 200
             settled(gw)
             proxy.cut()
