@@ -225,6 +225,8 @@ class Gateway:
                 "uptime_s": int(time.time() - self.started_at),
                 "config_generation": self.runtime.generation,
                 "records_pending": stats.submitted - stats.written - stats.dropped,
+                "quota_transactions": self.ledger.transactions,
+                "quota_leased_admissions": self.ledger.leased_admissions,
             }
         )
 

@@ -144,6 +144,28 @@ def test_sighup_reloads_every_worker_and_a_broken_edit_keeps_the_last_good_confi
     assert "keeping the last good config" in running.output
 
 
+def test_quota_leases_of_every_worker_are_given_back_at_a_clean_stop(tmp_path: Path) -> None:
+    old = '"demo:<user>": {"capacity": "$5.00", "rate": "$5.00/day", "on_exceed": "reject"}'
+    assert DEMO_CONFIG.count(old) == 1
+    # Large and without refill: every admission takes or uses a lease, and the balance only moves
+    # by what is charged.
+    config = DEMO_CONFIG.replace(old, '"demo:<user>": {"capacity": "$1000.00"}')
+    with workers(config, tmp_path) as running:
+        for _ in range(40):
+            running.chat()
+        leased: dict[int, int] = {}
+        for _ in range(40):  # fresh connections reach both workers
+            health = orjson.loads(_get(running.port, "/healthz")[1])
+            leased[health["pid"]] = health["quota_leased_admissions"]
+        assert len(leased) == 2 and sum(leased.values()) > 0  # requests were admitted from leases
+    with sqlite3.connect(running.database) as db:
+        costs = [row[0] for row in db.execute("SELECT cost_nd FROM records")]
+    assert len(costs) == 40 and all(cost > 0 for cost in costs)
+    with sqlite3.connect(f"{running.database}.quotas") as db:
+        (balance,) = db.execute("SELECT balance_nd FROM quota_buckets").fetchone()
+    assert balance == 1000 * 10**9 - sum(costs)  # no reservation and no lease left behind
+
+
 def test_metrics_count_the_requests_of_every_worker(tmp_path: Path) -> None:
     assert DEMO_CONFIG.count('{"role": "admin"}') == 1
     config = DEMO_CONFIG.replace('{"role": "admin"}', '{"role": "admin", "read_metrics": true}')
