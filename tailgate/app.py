@@ -27,7 +27,7 @@ from tailgate.identity.resolve import IdentityResolver
 from tailgate.metering import finalize
 from tailgate.proxy import Exchange, Proxy
 from tailgate.quotas import QuotaLedger
-from tailgate.recorder import Recorder, spool_paths
+from tailgate.recorder import Recorder, worker_recorder
 from tailgate.recording import RecordingProcess
 from tailgate.router import Router, dialect_for_path, match_inference
 from tailgate.runtime import Runtime, build_runtime
@@ -71,13 +71,15 @@ class Gateway:
                 workers=workers,
             )
         else:
-            spool, adopted = spool_paths(str(self.data_dir), worker, workers)
-            recorder: Recorder[Exchange] = Recorder(
-                self.store, finalize, spool_path=spool, adopt=adopted, retention=config.database.retention
+            self.recorder = worker_recorder(
+                self.store,
+                finalize,
+                self.ledger,
+                data_dir=str(self.data_dir),
+                worker=worker,
+                workers=workers,
+                retention=config.database.retention,
             )
-            # Settlements are queued while a batch is prepared; they are stored before its records.
-            recorder.before_write = lambda: self.ledger.flush(self.ledger.stall_timeout)
-            self.recorder = recorder
         self.proxy = Proxy(lambda: self.runtime, self.pool, self.identify, self.recorder.submit)
         self.router = Router()
         self.server = HttpServer(self.handle, self.render_error, self.settings)
@@ -138,10 +140,7 @@ class Gateway:
         self.runtime = build_runtime(config, self.ledger, self._generation)
         self.config = config
         self.settings.max_body_bytes = config.server.max_body_bytes
-        if isinstance(self.recorder, RecordingProcess):
-            self.recorder.apply_config(config, self._generation)
-        else:
-            self.recorder.retention = config.database.retention
+        self.recorder.apply_config(config, self._generation)
         self.pool.connect_timeout = config.server.upstream_connect_timeout
         log.info("configuration %d in effect", self._generation)
         task = asyncio.get_running_loop().run_in_executor(None, self.ledger.apply_definitions, config.quotas)

@@ -243,7 +243,8 @@ class QuotaLedger:
             held = []
             for spec in specs:
                 lease = self._leases.get(spec.name)
-                if lease is None or lease.spec != spec or lease.remaining <= 0 or lease.remaining < amount:
+                # Positive as well as enough: a free (unpriced) request needs a bucket with money.
+                if lease is None or lease.spec != spec or lease.remaining < max(amount, 1):
                     return False
                 held.append(lease)
             for lease in held:

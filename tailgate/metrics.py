@@ -168,9 +168,9 @@ class Metrics:
             target = getattr(self, name)
             for key, value in snapshot.get(name, ()):
                 _add(target, tuple(key), int(value))
-        for name, bounds in (("upstream", LATENCY_BOUNDS_NS), ("first_byte", LATENCY_BOUNDS_NS)):
+        for name in self._HISTOGRAMS:
             for key, counts, total in snapshot.get(name, ()):
-                _merge(_histogram(getattr(self, name), tuple(key), bounds), counts, total)
+                _merge(_histogram(getattr(self, name), tuple(key), LATENCY_BOUNDS_NS), counts, total)
         overhead = snapshot.get("overhead")
         if overhead:
             _merge(self.overhead, overhead[0], overhead[1])

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from tailgate.config.model import BucketRef, Config, QuotaDef
 from tailgate.config.units import format_dollars, parse_dollars
+from tailgate.deadline import expire
 from tailgate.errors import BadRequest, NotFound, QuotaExceeded, QuotaUnavailable
 from tailgate.identity import Identity
 from tailgate.ledger import (
@@ -263,16 +264,11 @@ async def _answer(future: Verdict, timeout: float) -> list[BucketState]:
             loop.call_soon_threadsafe(transfer, done)
 
     future.add_done_callback(hand_over)
-    timer = loop.call_later(timeout, _expire, waiter)
+    timer = loop.call_later(timeout, expire, waiter)
     try:
         return await waiter
     finally:
         timer.cancel()
-
-
-def _expire(waiter: asyncio.Future[list[BucketState]]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
 
 
 def _max_output(body: Mapping[str, Any]) -> int | None:

@@ -22,14 +22,17 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Generic, TypeVar
+from typing import IO, TYPE_CHECKING, Generic, TypeVar
 
 import orjson
 
-from tailgate.config.model import Retention
+from tailgate.config.model import Config, Retention
 from tailgate.record import Record
 from tailgate.store.base import Store
 from tailgate.store.serialize import json_record, record_json
+
+if TYPE_CHECKING:
+    from tailgate.ledger import QuotaLedger
 
 try:
     import fcntl
@@ -63,6 +66,29 @@ def spool_paths(directory: str, worker: int, workers: int) -> tuple[str, list[st
                 adopted.add(j)
     own = os.path.join(directory, spool_name(worker))
     return own, [os.path.join(directory, spool_name(j)) for j in sorted(adopted)]
+
+
+def worker_recorder(
+    store: Store,
+    prepare: Callable[[T], Record],
+    ledger: QuotaLedger,
+    *,
+    data_dir: str,
+    worker: int,
+    workers: int,
+    retention: Retention | None,
+) -> Recorder[T]:
+    """The recorder of worker ``worker``: its own spool (adopting those a larger worker count left
+    behind), and the quota settlements that preparing a batch queued stored before its records."""
+    spool, adopted = spool_paths(data_dir, worker, workers)
+    return Recorder(
+        store,
+        prepare,
+        spool_path=spool,
+        adopt=adopted,
+        retention=retention,
+        before_write=lambda: ledger.flush(ledger.stall_timeout),
+    )
 
 
 @dataclass(slots=True)
@@ -239,6 +265,10 @@ class Recorder(Generic[T]):
         self._closed = False
         self._next_purge = 0.0
         self._threads: list[threading.Thread] = []
+
+    def apply_config(self, config: Config, generation: int) -> None:
+        """A new configuration: only its retention concerns the recorder."""
+        self.retention = config.database.retention
 
     # -- the request path ---------------------------------------------------------------
 

@@ -19,6 +19,7 @@ runs beside it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -45,8 +46,6 @@ from tailgate.recorder import RecorderStats
 from tailgate.routing import Route
 
 if TYPE_CHECKING:
-    import asyncio
-
     from tailgate.config.model import Config
     from tailgate.metrics import Metrics
     from tailgate.runtime import Runtime
@@ -298,8 +297,6 @@ class RecordingProcess:
     # -- lifecycle (event loop) ------------------------------------------------------------
 
     def start(self) -> None:
-        import asyncio
-
         self._loop = asyncio.get_running_loop()
         self._spawn()
 
@@ -602,7 +599,7 @@ def serve_child(sock: socket.socket) -> None:
     from tailgate.ledger import QuotaLedger
     from tailgate.metering import finalize
     from tailgate.metrics import Metrics, observed
-    from tailgate.recorder import Recorder, spool_paths
+    from tailgate.recorder import Recorder, worker_recorder
     from tailgate.runtime import build_runtime
     from tailgate.store import open_store
 
@@ -635,11 +632,15 @@ def serve_child(sock: socket.socket) -> None:
         return counted(ex)
 
     os.makedirs(init["data_dir"], exist_ok=True)
-    spool, adopted = spool_paths(init["data_dir"], init["worker"], init["workers"])
-    recorder: Recorder[Exchange | None] = Recorder(
-        store, prepare, spool_path=spool, adopt=adopted, retention=config.database.retention
+    recorder: Recorder[Exchange | None] = worker_recorder(
+        store,
+        prepare,
+        ledger,
+        data_dir=init["data_dir"],
+        worker=init["worker"],
+        workers=init["workers"],
+        retention=config.database.retention,
     )
-    recorder.before_write = lambda: ledger.flush(ledger.stall_timeout)
 
     def counts() -> dict[str, int]:
         stats = recorder.stats
@@ -669,7 +670,7 @@ def serve_child(sock: socket.socket) -> None:
                 newest = max(newest, generation)
                 for old in sorted(runtimes)[:-_KEEP_GENERATIONS]:
                     del runtimes[old]
-                recorder.retention = config.database.retention
+                recorder.apply_config(config, generation)
             elif kind == _FLUSH:
                 if recorder.flush(30.0) and ledger.flush(ledger.stall_timeout):
                     reporter.flushed(int(payload))

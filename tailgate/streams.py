@@ -125,9 +125,7 @@ def _reassemble_chat(frames: list[Frame]) -> Reassembled:
         for delta_choice in streamed:
             if not isinstance(delta_choice, dict):
                 continue
-            index = delta_choice.get("index")
-            if type(index) is not int or index < 0:
-                index = 0
+            index = _index(delta_choice.get("index"), 0)
             choice = choices.get(index)
             if choice is None:
                 message = {"role": "assistant", "content": None}
@@ -424,9 +422,7 @@ def _reassemble_gemini(chunks: list[dict[str, Any]]) -> Reassembled:
         for candidate in streamed:
             if not isinstance(candidate, dict):
                 continue
-            index = candidate.get("index")
-            if type(index) is not int or index < 0:
-                index = 0
+            index = _index(candidate.get("index"), 0)
             merged = candidates.get(index)
             if merged is None:
                 merged = candidates[index] = {"content": {"role": "model", "parts": []}, "index": index}

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from tailgate.deadline import expire
 from tailgate.errors import UpstreamTimeout, UpstreamUnreachable
 from tailgate.http.messages import Headers
 
@@ -232,16 +233,11 @@ class UpstreamResponse:
         while True:
             if conn.chunks:
                 return self.take_buffered()
-            if conn.complete:
-                self._finish()
+            if self._ended():
                 return None
-            if conn.error is not None:
-                self._done = True
-                self._pool._discard(conn)
-                raise conn.error
             waiter = conn.loop.create_future()
             conn.body_waiter = waiter
-            handle = conn.loop.call_later(self._timeout, _expire, waiter)
+            handle = conn.loop.call_later(self._timeout, expire, waiter)
             try:
                 await waiter
             except TimeoutError as exc:
@@ -273,13 +269,8 @@ class UpstreamResponse:
         buffered = self.take_buffered()
         if buffered:
             deliver(buffered)
-        if conn.complete:
-            self._finish()
+        if self._ended():
             return
-        if conn.error is not None:
-            self._done = True
-            self._pool._discard(conn)
-            raise conn.error
         loop = conn.loop
         waiter = loop.create_future()
         conn.body_waiter = waiter
@@ -292,8 +283,8 @@ class UpstreamResponse:
             idle = loop.time() - conn.last_activity
             if conn.reading_paused or idle < timeout:  # paused by the client, not the upstream
                 handle[0] = loop.call_later(timeout - idle if idle < timeout else timeout, check_idle)
-            elif not waiter.done():
-                waiter.set_exception(TimeoutError())
+            else:
+                expire(waiter)
 
         handle.append(loop.call_later(timeout, check_idle))
         try:
@@ -305,12 +296,9 @@ class UpstreamResponse:
             handle[0].cancel()
             conn.sink = conn.flow = None
             conn.body_waiter = None
-        if conn.complete:
-            self._finish()
-            return
-        self._done = True
-        self._pool._discard(conn)
-        raise conn.error or UpstreamClosed("upstream closed the connection")
+        if not self._ended():
+            self._fail()
+            raise UpstreamClosed("upstream closed the connection")
 
     async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
         parts: list[bytes] = []
@@ -322,6 +310,22 @@ class UpstreamResponse:
                 self.close()
                 raise UpstreamClosed("upstream response too large")
         return b"".join(parts)
+
+    def _ended(self) -> bool:
+        """Whether the whole body arrived (the connection then goes back to the pool); raises
+        what broke the connection, if something did (the connection is then discarded)."""
+        conn = self._conn
+        if conn.complete:
+            self._finish()
+            return True
+        if conn.error is not None:
+            self._fail()
+            raise conn.error
+        return False
+
+    def _fail(self) -> None:
+        self._done = True
+        self._pool._discard(self._conn)
 
     def _finish(self) -> None:
         if not self._done:
@@ -337,11 +341,6 @@ class UpstreamResponse:
             self._pool._release(self.origin, self._conn)
         else:
             self._pool._discard(self._conn)
-
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
 
 
 class UpstreamPool:
@@ -461,7 +460,7 @@ class UpstreamPool:
         if not conn.head_done:
             waiter = conn.loop.create_future()
             conn.head_waiter = waiter
-            handle = conn.loop.call_later(timeout, _expire, waiter)
+            handle = conn.loop.call_later(timeout, expire, waiter)
             try:
                 await waiter
             except TimeoutError as exc:

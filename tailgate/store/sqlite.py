@@ -70,8 +70,7 @@ class _Writer:
             return False
         if self._depth == 0 and fcntl is not None:
             try:
-                if self._fd < 0:
-                    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                self._open()
                 # A process waiting for the writer holds the turnstile: let it go first.
                 fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _TURNSTILE_BYTE)
                 try:
@@ -92,11 +91,14 @@ class _Writer:
         finally:
             self.lock.release()
 
+    def _open(self) -> None:
+        if self._fd < 0:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+
     def _lock_file(self, timeout: float) -> None:
         if fcntl is None:
             return
-        if self._fd < 0:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._open()
         deadline = time.monotonic() + timeout
         self._take(_TURNSTILE_BYTE, deadline)
         try:
