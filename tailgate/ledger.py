@@ -171,6 +171,8 @@ class _Settlement:
     specs: Sequence[BucketSpec]
     delta: int
     """Added to every bucket: the reservation given back minus the real cost."""
+    lease: bool = False
+    """It gives back what a lease had left (counted in :meth:`QuotaLedger.states` until stored)."""
 
 
 @dataclass(slots=True)
@@ -223,6 +225,8 @@ class QuotaLedger:
         self._closing = False
         self._thread: threading.Thread | None = None
         self._leases: dict[str, _Lease] = {}
+        self._returning: dict[str, int] = {}
+        """Lease remainders queued to go back to their buckets and not stored yet, by bucket."""
         self.transactions = 0
         """Quota transactions committed by this ledger (for tests and metrics)."""
         self.leased_admissions = 0
@@ -295,6 +299,7 @@ class QuotaLedger:
         with self._cond:
             if done:
                 self._stored += len(settlements)
+                self._forget_returns(settlements)
                 self.transactions += 1
                 self._grant(grants)
             else:
@@ -317,6 +322,7 @@ class QuotaLedger:
                 # Dropping one keeps its reservation charged: the buckets err on the safe side.
                 dropped = self._settlements.popleft()
                 self._stored += 1
+                self._forget_returns([dropped])
                 log.error("quota settlements backlog full; one of %d nanodollars dropped", -dropped.delta)
             self._settlements.append(_Settlement(tuple(specs), reserved - cost))
             self._queued += 1
@@ -432,6 +438,7 @@ class QuotaLedger:
             self._backoff = self.MIN_BACKOFF
             with self._cond:
                 self._stored += len(settlements)
+                self._forget_returns(settlements)
                 self._grant(grants)
             # Before the batch counts as done, so a flush also waits for what these give back.
             for admission, exhausted in zip(admissions, results, strict=True):
@@ -449,9 +456,8 @@ class QuotaLedger:
                 lease.remaining += amount
                 lease.taken_at = now
                 continue
-            if lease is not None and lease.remaining > 0:  # taken under an older definition
-                self._settlements.append(_Settlement((lease.spec,), lease.remaining))
-                self._queued += 1
+            if lease is not None:  # taken under an older definition
+                self._give_back(lease)
             self._leases[spec.name] = _Lease(spec, amount, now)
         if grants:
             self._ensure_thread()  # it gives back what goes unused
@@ -463,15 +469,32 @@ class QuotaLedger:
         Called with ``self._cond`` held."""
         returned = [name for name, lease in self._leases.items() if lease.taken_at <= taken_before]
         for name in returned:
-            lease = self._leases.pop(name)
-            if lease.remaining > 0:
-                self._settlements.append(_Settlement((lease.spec,), lease.remaining))
-                self._queued += 1
+            self._give_back(self._leases.pop(name))
         if returned:
             self._cond.notify_all()
         if not self._leases:
             return None
         return min(lease.taken_at for lease in self._leases.values()) + self.LEASE_SECONDS
+
+    def _give_back(self, lease: _Lease) -> None:
+        """Queue a settlement that gives ``lease``'s remainder back (with ``self._cond`` held)."""
+        if lease.remaining <= 0:
+            return
+        name = lease.spec.name
+        self._returning[name] = self._returning.get(name, 0) + lease.remaining
+        self._settlements.append(_Settlement((lease.spec,), lease.remaining, lease=True))
+        self._queued += 1
+
+    def _forget_returns(self, settlements: Iterable[_Settlement]) -> None:
+        """Lease remainders stored (or dropped) stop counting as queued (``self._cond`` held)."""
+        for settlement in settlements:
+            if settlement.lease:
+                name = settlement.specs[0].name
+                left = self._returning.get(name, 0) - settlement.delta
+                if left > 0:
+                    self._returning[name] = left
+                else:
+                    self._returning.pop(name, None)
 
     # -- transactions ---------------------------------------------------------------------
 
@@ -600,7 +623,7 @@ class QuotaLedger:
 
     def states(self, names: Iterable[str] | None = None) -> list[BucketState]:
         """Bucket states as last written, plus what this process holds in leases and has not
-        reserved yet (callers refill them to now for display)."""
+        reserved yet, or is giving back (callers refill them to now for display)."""
         rows = self._store._read(  # type: ignore[attr-defined]
             "SELECT name, balance_nd, updated_at_us, capacity_nd, rate_nd, rate_period_s FROM quota_buckets"
             " ORDER BY name"
@@ -611,12 +634,12 @@ class QuotaLedger:
             for r in rows
             if wanted is None or r[0] in wanted
         ]
-        if self._leases:
+        if self._leases or self._returning:
             with self._cond:
                 for state in states:
                     lease = self._leases.get(state.name)
-                    if lease is not None:
-                        state.balance = min(state.capacity, state.balance + lease.remaining)
+                    held = (lease.remaining if lease is not None else 0) + self._returning.get(state.name, 0)
+                    state.balance = min(state.capacity, state.balance + held)
         return states
 
     def apply_definitions(self, quotas: Mapping[str, QuotaDef]) -> None:

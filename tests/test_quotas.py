@@ -441,6 +441,22 @@ def test_an_outage_refuses_admissions_at_once_and_keeps_settlements(tmp_path: Pa
 
 
 @pytest.mark.postgres
+def test_a_lease_on_its_way_back_still_counts_in_the_balance(tmp_path: Path) -> None:
+    real, flaky, ledger = flaky_ledger(tmp_path)
+    ledger.MIN_BACKOFF = 0.1
+    team = fixed("team", 10_000 * ND)
+    assert ledger.submit([team], ND).result(5) == []
+    flaky.down = True
+    ledger.return_leases()  # queued, and the store cannot take it yet
+    assert not ledger.flush(0.3)
+    assert [s.balance for s in ledger.states()] == [10_000 * ND - ND]
+    flaky.down = False
+    ledger.close()
+    assert [s.balance for s in ledger.states()] == [10_000 * ND - ND]
+    assert real._read("SELECT balance_nd FROM quota_buckets")[0][0] == 10_000 * ND - ND
+    real.close()
+
+
 def test_leased_admissions_go_on_while_the_store_is_down(tmp_path: Path) -> None:
     real, flaky, ledger = flaky_ledger(tmp_path)
     team = fixed("team", 10_000 * ND)
