@@ -64,7 +64,8 @@ def gateway_config(mock_url: str, socket: str) -> str:
     {{"src": ["build-bot"],
       "app": {{"tailscale.com/cap/aperture": [{{"role": "user"}}, {{"models": "**"}}]}}}},
   ],
-  "quotas": {{"daily:<user>": {{"capacity": "$10.00", "rate": "$10.00/day"}}}},
+  // A slow refill: a small charge must stay visible in the balance however slow the machine.
+  "quotas": {{"daily:<user>": {{"capacity": "$10.00", "rate": "$10.00/month"}}}},
 }}"""
 
 
