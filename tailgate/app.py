@@ -226,6 +226,7 @@ class Gateway:
                 "records_pending": stats.submitted - stats.written - stats.dropped,
                 "quota_transactions": self.ledger.transactions,
                 "quota_leased_admissions": self.ledger.leased_admissions,
+                "quota_lease_top_ups": self.ledger.lease_top_ups,
             }
         )
 

@@ -164,6 +164,8 @@ class _Admission:
     specs: Sequence[BucketSpec]
     amount: int
     future: Verdict = field(default_factory=concurrent.futures.Future)
+    top_up: bool = False
+    """It reserves nothing: it only takes leases, sized by ``amount``, ahead of need."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +185,10 @@ class _Lease:
     remaining: int
     taken_at: float
     """``time.monotonic()`` of the last top-up: an unused remainder goes back after a while."""
+    size: int
+    """What the last top-up added: below half of it, the next top-up is asked for."""
+    topping_up: bool = False
+    """A top-up is queued for the ledger's thread."""
 
 
 class QuotaLedger:
@@ -205,6 +211,8 @@ class QuotaLedger:
     (so a lease is at most 1% of what the bucket holds, and none is taken near exhaustion)."""
     LEASE_SECONDS = 1.0
     """An unused lease remainder goes back to its bucket after this long without a top-up."""
+    LEASE_TOP_UPS = True
+    """A lease below half of its last top-up asks for the next one ahead of need."""
 
     def __init__(self, store: Store) -> None:
         self._store = quota_database(store)
@@ -231,6 +239,8 @@ class QuotaLedger:
         """Quota transactions committed by this ledger (for tests and metrics)."""
         self.leased_admissions = 0
         """Admissions decided in memory from a lease (for tests and metrics)."""
+        self.lease_top_ups = 0
+        """Transactions asked for to top a lease up before it ran dry (for tests and metrics)."""
 
     # -- the request path (any thread) ------------------------------------------------------
 
@@ -251,10 +261,32 @@ class QuotaLedger:
                 if lease is None or lease.spec != spec or lease.remaining < max(amount, 1):
                     return False
                 held.append(lease)
+            low = False
             for lease in held:
                 lease.remaining -= amount
+                low = low or (lease.remaining < lease.size // 2 and not lease.topping_up)
             self.leased_admissions += 1
+            if low and self.LEASE_TOP_UPS and not self._closing and self._down_until <= time.monotonic():
+                self._top_up(specs, amount, held)
             return True
+
+    def _top_up(self, specs: Sequence[BucketSpec], amount: int, leases: list[_Lease]) -> None:
+        """Queue a transaction that tops ``leases`` up before they run dry, so that requests
+        arriving meanwhile are still admitted from memory (with ``self._cond`` held)."""
+        for lease in leases:
+            lease.topping_up = True
+        admission = _Admission(tuple(specs), amount, top_up=True)
+
+        def done(_: Verdict) -> None:
+            with self._cond:
+                for lease in leases:
+                    lease.topping_up = False
+
+        admission.future.add_done_callback(done)
+        self._admissions.append(admission)
+        self.lease_top_ups += 1
+        self._ensure_thread()
+        self._cond.notify_all()
 
     def submit(self, specs: Sequence[BucketSpec], amount: int) -> Verdict:
         """Queue an admission; the future gives ``[]`` when admitted (``amount`` reserved on every
@@ -454,11 +486,11 @@ class QuotaLedger:
             lease = self._leases.get(spec.name)
             if lease is not None and lease.spec == spec:
                 lease.remaining += amount
-                lease.taken_at = now
+                lease.taken_at, lease.size = now, amount
                 continue
             if lease is not None:  # taken under an older definition
                 self._give_back(lease)
-            self._leases[spec.name] = _Lease(spec, amount, now)
+            self._leases[spec.name] = _Lease(spec, amount, now, amount)
         if grants:
             self._ensure_thread()  # it gives back what goes unused
             self._cond.notify_all()
@@ -540,8 +572,9 @@ class QuotaLedger:
                 held = [states[s.name] for s in admission.specs]
                 exhausted = [replace(s) for s in held if s.balance <= 0]
                 if not exhausted:
-                    for state in held:
-                        state.balance -= admission.amount
+                    if not admission.top_up:
+                        for state in held:
+                            state.balance -= admission.amount
                     for spec in admission.specs:
                         last_admitted[spec.name] = (spec, admission.amount)
                 results.append(exhausted)

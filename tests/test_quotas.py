@@ -275,6 +275,7 @@ def stored_balance(ledger: QuotaLedger, name: str) -> int:
 
 
 def test_a_lease_admits_from_memory_and_goes_back_when_unused(ledger: QuotaLedger) -> None:
+    ledger.LEASE_TOP_UPS = False
     team = fixed("team", 10_000 * ND)
     assert ledger.submit([team], ND).result(5) == []
     lease = ledger.LEASE_REQUESTS * ND  # taken in the admission's transaction
@@ -299,6 +300,40 @@ def test_a_lease_admits_from_memory_and_goes_back_when_unused(ledger: QuotaLedge
         assert time.monotonic() < deadline, "an unused lease was not given back"
         time.sleep(0.05)
     assert not ledger.admit_leased([team], ND)
+
+
+def test_a_lease_is_topped_up_before_it_runs_dry(ledger: QuotaLedger) -> None:
+    team = fixed("team", 10_000 * ND)
+    assert ledger.submit([team], ND).result(5) == []
+    lease = ledger.LEASE_REQUESTS * ND
+    half = ledger.LEASE_REQUESTS // 2
+    for _ in range(half):
+        assert ledger.admit_leased([team], ND)  # down to half the lease: no top-up yet
+    assert ledger.lease_top_ups == 0
+    assert ledger.admit_leased([team], ND)  # below half: a top-up is queued, not waited for
+    assert ledger.lease_top_ups == 1
+    assert ledger.flush(5)
+    deadline = time.monotonic() + 5
+    while stored_balance(ledger, "team") != 10_000 * ND - ND - 2 * lease:  # a second lease taken
+        assert time.monotonic() < deadline, "the lease was not topped up"
+        time.sleep(0.01)
+    # The top-up reserved nothing for a request: the balance shown is the admissions' alone.
+    assert [s.balance for s in ledger.states()] == [10_000 * ND - (half + 2) * ND]
+    # In memory: what was left (half the lease, less one) and the new lease, less its half.
+    transactions = ledger.transactions
+    admitted = 0
+    while admitted < ledger.LEASE_REQUESTS - 1 and ledger.admit_leased([team], ND):
+        admitted += 1
+    assert admitted == ledger.LEASE_REQUESTS - 1
+    assert ledger.lease_top_ups == 1  # still at half of the last top-up
+    assert ledger.flush(5) and ledger.transactions == transactions
+    assert ledger.admit_leased([team], ND) and ledger.lease_top_ups == 2
+    while ledger.transactions == transactions:  # the second top-up, a third lease
+        assert time.monotonic() < deadline, "the lease was not topped up again"
+        time.sleep(0.01)
+    ledger.return_leases()
+    assert ledger.flush(5)
+    assert stored_balance(ledger, "team") == 10_000 * ND - (half + 2 + ledger.LEASE_REQUESTS) * ND
 
 
 def test_no_lease_is_taken_near_exhaustion(ledger: QuotaLedger) -> None:
