@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -16,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from tailgate import __version__
+from tailgate import __version__, garbage
 from tailgate.config.model import Config
 
 if TYPE_CHECKING:
@@ -36,27 +35,6 @@ class _Formatter(logging.Formatter):
         line = super().format(record)
         extra = [f"{k}={v}" for k, v in record.__dict__.items() if k not in _STANDARD_ATTRS and v is not None]
         return f"{line} {' '.join(extra)}" if extra else line
-
-
-def settle_garbage_collector(loop: asyncio.AbstractEventLoop, interval: float = 10.0) -> None:
-    """Keep the cycle collector off the request path.
-
-    Everything alive once the gateway has started (modules, the configuration, the price data)
-    lives as long as the process; ``gc.freeze`` puts it out of the collector's sight. Requests
-    free their objects by reference counting and create no reference cycles in normal operation
-    (measured: a full collection under load finds none), so automatic collection — triggered by
-    allocation counts, on whichever thread allocates, rescanning every request in flight — is
-    replaced by a full collection every ``interval`` seconds, about a millisecond each.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.disable()
-
-    def collect() -> None:
-        gc.collect()
-        loop.call_later(interval, collect)
-
-    loop.call_later(interval, collect)
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -244,7 +222,7 @@ async def _run(
 
     gateway = Gateway(config, worker=worker, workers=max(workers, 1))
     addresses = await gateway.start(sockets=sockets, reuse_port=sockets is not None)
-    settle_garbage_collector(asyncio.get_running_loop())
+    garbage.settle(loop=asyncio.get_running_loop())
     if worker == 0:
         for address in addresses:
             log.info("listening on http://%s", address)

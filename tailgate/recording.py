@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from tailgate import garbage
 from tailgate.dialects import Dialect, Operation
 from tailgate.identity import Identity, IdentityKind, IdentitySource
 from tailgate.ledger import BucketSpec
@@ -649,6 +650,7 @@ def serve_child(sock: socket.socket) -> None:
     reporter = _Reporter(sock, lambda: recorder.handled, counts)
     recorder.start()
     reporter.start(metrics)
+    garbage.settle()
     try:
         while True:
             head = reader.read(_HEAD.size)
