@@ -144,6 +144,44 @@ def _spec_values(spec: BucketSpec) -> tuple[str, str, int, int, int]:
     return (spec.name, spec.quota, spec.capacity, spec.rate_amount, spec.rate_period)
 
 
+_SEEN_LIMIT = 4096
+"""Distinct callers and bucket sets remembered by the recording process (then it starts
+over): most exchanges repeat one seen before, and building these frozen objects costs more than
+finding them."""
+_identities: dict[tuple[Any, ...], Identity] = {}
+_spec_sets: dict[tuple[tuple[str, str, int, int, int], ...], tuple[BucketSpec, ...]] = {}
+
+
+def _remember(seen: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(seen) >= _SEEN_LIMIT:
+        seen.clear()
+    seen[key] = value
+
+
+def _identity(who: tuple[Any, ...]) -> Identity:
+    identity = _identities.get(who)
+    if identity is None:
+        principal, kind, source, display_name, node_id, tags = who
+        identity = Identity(
+            principal=principal,
+            kind=_KINDS[kind],
+            source=_SOURCES[source],
+            display_name=display_name,
+            node_id=node_id,
+            tags=tuple(tags),
+        )
+        _remember(_identities, who, identity)
+    return identity
+
+
+def _specs(values: tuple[tuple[str, str, int, int, int], ...]) -> tuple[BucketSpec, ...]:
+    specs = _spec_sets.get(values)
+    if specs is None:
+        specs = tuple(BucketSpec(*spec) for spec in values)
+        _remember(_spec_sets, values, specs)
+    return specs
+
+
 def unpack(data: bytes, runtime_of: Callable[[int], Runtime], *, settle: bool = True) -> Exchange:
     """The exchange :func:`pack` wrote, on ``runtime_of(generation)``; without its reservation
     when ``settle`` is false (a resent exchange whose settlement may already be stored)."""
@@ -176,17 +214,7 @@ def unpack(data: bytes, runtime_of: Callable[[int], Runtime], *, settle: bool = 
         gateway_ns,
     ) = pickle.loads(data)
     runtime = runtime_of(generation)
-    identity = None
-    if who is not None:
-        principal, kind, source, display_name, node_id, tags = who
-        identity = Identity(
-            principal=principal,
-            kind=_KINDS[kind],
-            source=_SOURCES[source],
-            display_name=display_name,
-            node_id=node_id,
-            tags=tuple(tags),
-        )
+    identity = None if who is None else _identity(who)
     route = None
     if where is not None:
         provider = runtime.config.providers.get(where[0])
@@ -194,7 +222,7 @@ def unpack(data: bytes, runtime_of: Callable[[int], Runtime], *, settle: bool = 
             route = Route(provider, where[1], where[2])
     reservation = None
     if reserved is not None and settle:
-        reservation = Reservation(tuple(BucketSpec(*spec) for spec in reserved[0]), reserved[1])
+        reservation = Reservation(_specs(tuple(reserved[0])), reserved[1])
     body = None
     if request_body:
         with contextlib.suppress(orjson.JSONDecodeError):

@@ -13,9 +13,11 @@ from typing import Any
 import orjson
 import pytest
 
+from tailgate.identity import Identity, IdentityKind, IdentitySource
+from tailgate.ledger import BucketSpec
 from tailgate.metering import finalize
 from tailgate.proxy import Exchange
-from tailgate.quotas import QuotaLedger
+from tailgate.quotas import QuotaLedger, Reservation
 from tailgate.recording import RecordingProcess, frame, pack, split_frames, unpack
 from tailgate.runtime import build_runtime
 from tailgate.store import open_store
@@ -214,6 +216,21 @@ def test_an_exchange_survives_the_hand_over_unchanged(mock_upstream: MockUpstrea
     back = unpack(pack(ex), {7: runtime}.__getitem__)
     assert back.runtime is runtime and back.route == ex.route and back.identity == ex.identity
     assert finalize(back) == finalize(ex)
+    # A tagged caller with a reservation: the same values each time, however often they repeat.
+    ex.identity = Identity(
+        principal="tag:ci,tag:prod",
+        kind=IdentityKind.TAGGED,
+        source=IdentitySource.WHOIS,
+        display_name="ci runner",
+        node_id="nKp3xR7CNTRL",
+        tags=("tag:ci", "tag:prod"),
+    )
+    for capacity in (10 * 10**9, 20 * 10**9, 10 * 10**9):
+        spec = BucketSpec("daily:tag:ci,tag:prod", "daily:<user>", capacity, capacity, 86_400)
+        ex.reservation = Reservation((spec,), 1_234)
+        again = unpack(pack(ex), {7: runtime}.__getitem__)
+        assert again.identity == ex.identity and again.reservation == ex.reservation
+        assert unpack(pack(ex), {7: runtime}.__getitem__, settle=False).reservation is None
     # Framing: frames split back exactly, whatever way the bytes arrive.
     stream = bytearray(frame(ord("X"), b"abc") + frame(ord("S"), b"") + frame(ord("X"), b"z" * 70_000))
     whole = bytes(stream)
