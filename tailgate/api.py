@@ -210,7 +210,7 @@ class _Api:
 
     async def refill(self, request: Request) -> Response:
         _, runtime = await self._admin(request)
-        body = _json_object(request)
+        body = json_object(request.body)
         bucket, amount = body.get("bucket"), body.get("amount")
         if not isinstance(bucket, str) or not bucket:
             raise BadRequest('"bucket" must name an expanded bucket, like "daily:alice@example.com"')
@@ -258,7 +258,7 @@ class _Api:
 
     async def create_key(self, request: Request) -> Response:
         admin, _ = await self._admin(request)
-        body = _json_object(request)
+        body = json_object(request.body)
         principal, days, note = body.get("principal"), body.get("expires_in_days"), body.get("note", "")
         if not isinstance(principal, str):
             raise BadRequest('"principal" is required: the name the key stands for in grants')
@@ -481,10 +481,6 @@ def save_problems(text: str, saver: Identity) -> list[str]:
 
 
 # -- request parsing ------------------------------------------------------------------------------
-
-
-def _json_object(request: Request) -> dict[str, Any]:
-    return json_object(request.body)
 
 
 def _config_text(request: Request) -> str:

@@ -222,7 +222,7 @@ async def _run(
 
     gateway = Gateway(config, worker=worker, workers=max(workers, 1))
     addresses = await gateway.start(sockets=sockets, reuse_port=sockets is not None)
-    garbage.settle(loop=asyncio.get_running_loop())
+    garbage.settle()
     if worker == 0:
         for address in addresses:
             log.info("listening on http://%s", address)

@@ -10,27 +10,17 @@ replaced by a full collection every ``interval`` seconds, about a millisecond ea
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import threading
 import time
 
 
-def settle(interval: float = 10.0, loop: asyncio.AbstractEventLoop | None = None) -> None:
-    """Freeze what exists now, stop automatic collection, and collect every ``interval`` seconds:
-    on ``loop`` when given, else on a daemon thread."""
+def settle(interval: float = 10.0) -> None:
+    """Freeze what exists now, stop automatic collection, and collect every ``interval`` seconds
+    on a daemon thread (a collection holds the interpreter lock wherever it runs)."""
     gc.collect()
     gc.freeze()
     gc.disable()
-    if loop is not None:
-        event_loop = loop
-
-        def collect() -> None:
-            gc.collect()
-            event_loop.call_later(interval, collect)
-
-        event_loop.call_later(interval, collect)
-        return
 
     def collect_forever() -> None:
         while True:

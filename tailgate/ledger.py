@@ -266,7 +266,7 @@ class QuotaLedger:
                 lease.remaining -= amount
                 low = low or (lease.remaining < lease.size // 2 and not lease.topping_up)
             self.leased_admissions += 1
-            if low and self.LEASE_TOP_UPS and not self._closing and self._down_until <= time.monotonic():
+            if low and self.LEASE_TOP_UPS and not self._closing:
                 self._top_up(specs, amount, held)
             return True
 
@@ -275,23 +275,20 @@ class QuotaLedger:
         arriving meanwhile are still admitted from memory (with ``self._cond`` held)."""
         for lease in leases:
             lease.topping_up = True
-        admission = _Admission(tuple(specs), amount, top_up=True)
 
-        def done(_: Verdict) -> None:
+        def done(_: Verdict) -> None:  # refused at once (store down) or decided: asked again later
             with self._cond:
                 for lease in leases:
                     lease.topping_up = False
 
-        admission.future.add_done_callback(done)
-        self._admissions.append(admission)
         self.lease_top_ups += 1
-        self._ensure_thread()
-        self._cond.notify_all()
+        self.submit(specs, amount, top_up=True).add_done_callback(done)
 
-    def submit(self, specs: Sequence[BucketSpec], amount: int) -> Verdict:
+    def submit(self, specs: Sequence[BucketSpec], amount: int, *, top_up: bool = False) -> Verdict:
         """Queue an admission; the future gives ``[]`` when admitted (``amount`` reserved on every
-        bucket), else the exhausted buckets' states; or fails with :class:`LedgerUnavailable`."""
-        admission = _Admission(specs, amount)
+        bucket), else the exhausted buckets' states; or fails with :class:`LedgerUnavailable`.
+        With ``top_up`` it reserves nothing and only takes leases (see :meth:`admit_leased`)."""
+        admission = _Admission(specs, amount, top_up=top_up)
         with self._cond:
             now = time.monotonic()
             wait = self._down_until - now

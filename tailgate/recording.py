@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import pickle
@@ -144,42 +145,24 @@ def _spec_values(spec: BucketSpec) -> tuple[str, str, int, int, int]:
     return (spec.name, spec.quota, spec.capacity, spec.rate_amount, spec.rate_period)
 
 
-_SEEN_LIMIT = 4096
-"""Distinct callers and bucket sets remembered by the recording process (then it starts
-over): most exchanges repeat one seen before, and building these frozen objects costs more than
-finding them."""
-_identities: dict[tuple[Any, ...], Identity] = {}
-_spec_sets: dict[tuple[tuple[str, str, int, int, int], ...], tuple[BucketSpec, ...]] = {}
-
-
-def _remember(seen: dict[Any, Any], key: Any, value: Any) -> None:
-    if len(seen) >= _SEEN_LIMIT:
-        seen.clear()
-    seen[key] = value
-
-
+# Most exchanges repeat a caller and a bucket set seen before; finding those frozen objects again
+# costs less than building them.
+@functools.lru_cache(maxsize=4096)
 def _identity(who: tuple[Any, ...]) -> Identity:
-    identity = _identities.get(who)
-    if identity is None:
-        principal, kind, source, display_name, node_id, tags = who
-        identity = Identity(
-            principal=principal,
-            kind=_KINDS[kind],
-            source=_SOURCES[source],
-            display_name=display_name,
-            node_id=node_id,
-            tags=tuple(tags),
-        )
-        _remember(_identities, who, identity)
-    return identity
+    principal, kind, source, display_name, node_id, tags = who
+    return Identity(
+        principal=principal,
+        kind=_KINDS[kind],
+        source=_SOURCES[source],
+        display_name=display_name,
+        node_id=node_id,
+        tags=tuple(tags),
+    )
 
 
+@functools.lru_cache(maxsize=4096)
 def _specs(values: tuple[tuple[str, str, int, int, int], ...]) -> tuple[BucketSpec, ...]:
-    specs = _spec_sets.get(values)
-    if specs is None:
-        specs = tuple(BucketSpec(*spec) for spec in values)
-        _remember(_spec_sets, values, specs)
-    return specs
+    return tuple(BucketSpec(*spec) for spec in values)
 
 
 def unpack(data: bytes, runtime_of: Callable[[int], Runtime], *, settle: bool = True) -> Exchange:
