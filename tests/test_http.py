@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 import pytest
 
 from tailgate.errors import GatewayError, UpstreamTimeout, UpstreamUnreachable
 from tailgate.http.client import Origin, UpstreamClosed, UpstreamPool, UpstreamResponse
 from tailgate.http.messages import Request, Response, StreamingResponse
-from tailgate.http.server import HttpServer, ServerSettings
+from tailgate.http.server import Connection, HttpServer, ServerSettings, StartQueue
 
 Handler = Callable[[Request], Awaitable[Response | StreamingResponse | None]]
 
@@ -141,6 +143,105 @@ def test_client_disconnect_cancels_the_handler() -> None:
         return cancelled.is_set()
 
     assert asyncio.run(scenario())
+
+
+class _Ticker:
+    """Counts event-loop iterations: a callback that schedules itself again each time it runs."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self._running = True
+        asyncio.get_running_loop().call_soon(self._tick)
+
+    def _tick(self) -> None:
+        self.ticks += 1
+        if self._running:
+            asyncio.get_running_loop().call_soon(self._tick)
+
+    def stop(self) -> None:
+        self._running = False
+
+
+def test_a_burst_of_requests_starts_in_turns_with_streams_relayed_between() -> None:
+    async def scenario() -> tuple[list[int], list[int], list[bytes]]:
+        ticker = _Ticker()
+        started: list[int] = []
+        relayed: list[int] = []
+        go = asyncio.Event()
+
+        async def handler(request: Request) -> Response | None:
+            if request.path == "/stream":
+                conn = request.conn
+                conn.start_response(200, [(b"content-type", b"text/event-stream")])
+                await go.wait()
+                while not conn.closed and len(relayed) < 10_000:  # one chunk per loop iteration
+                    relayed.append(ticker.ticks)
+                    conn.write(b"data: x\n\n")
+                    await asyncio.sleep(0)
+                return None
+            started.append(ticker.ticks)
+            return Response(200, request.path.encode())
+
+        server, port = await _serve(handler)
+        stream_reader, stream_writer = await asyncio.open_connection("127.0.0.1", port)
+        stream_writer.write(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        await stream_reader.readuntil(b"\r\n\r\n")
+        clients = [await asyncio.open_connection("127.0.0.1", port) for _ in range(40)]
+        go.set()
+        for i, (_, writer) in enumerate(clients):  # written together: read in one poll
+            writer.write(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+        answers = []
+        for reader, writer in clients:
+            head = await reader.readuntil(b"\r\n\r\n")
+            answers.append(head.split(b"\r\n", 1)[0])
+            writer.close()
+        stream_writer.close()
+        ticker.stop()
+        await server.close()
+        return started, relayed, answers
+
+    started, relayed, answers = asyncio.run(scenario())
+    assert answers == [b"HTTP/1.1 200 OK"] * 40
+    per_tick = collections.Counter(started)
+    assert max(per_tick.values()) <= 8
+    assert len(per_tick) >= 5
+    # The stream kept flowing while the burst started: chunks were written between the turns.
+    assert any(min(started) < tick < max(started) for tick in relayed)
+
+
+def test_the_start_queue_keeps_arrival_order_and_skips_clients_that_left() -> None:
+    class Waiting:
+        def __init__(self, name: str, *, closed: bool = False) -> None:
+            self.name = name
+            self.closed = closed
+            self._queued = True
+
+        def _begin(self, request: object) -> None:
+            self._queued = False
+            begun.append((turns.ticks, self.name))
+
+    begun: list[tuple[int, str]] = []
+
+    async def scenario() -> list[Waiting]:
+        nonlocal turns
+        turns = _Ticker()
+        queue = StartQueue(asyncio.get_running_loop(), per_turn=2)
+        waiting = [Waiting(f"r{i}", closed=i == 3) for i in range(7)]
+        for conn in waiting:
+            queue.start(cast(Connection, conn), cast(Request, None))
+        assert queue.waiting == 5
+        for _ in range(10):
+            await asyncio.sleep(0)
+        turns.stop()
+        assert queue.waiting == 0
+        return waiting
+
+    turns: _Ticker
+    waiting = asyncio.run(scenario())
+    assert [name for _, name in begun] == ["r0", "r1", "r2", "r4", "r5", "r6"]
+    ticks = [tick for tick, _ in begun]
+    assert ticks[0] == ticks[1] < ticks[2] == ticks[3] < ticks[4] == ticks[5]
+    assert not any(conn._queued for conn in waiting)  # the one that left is no longer waiting
 
 
 def test_streaming_response_and_head() -> None:

@@ -32,6 +32,7 @@ _STATUS_LINES: dict[int, bytes] = {}
 _HIGH_WATER = 256 * 1024
 _MAX_HEADER_BYTES = 256 * 1024
 _MAX_PIPELINED = 16
+_STARTS_PER_TURN = 8
 
 
 def status_line(status: int) -> bytes:
@@ -93,9 +94,11 @@ class Connection(asyncio.Protocol):
         "_loop",
         "_paused",
         "_pending",
+        "_queued",
         "_rejecting",
         "_request_method",
         "_settings",
+        "_starts",
         "_tracker",
         "_upgrade",
         "_url",
@@ -118,9 +121,11 @@ class Connection(asyncio.Protocol):
         listener: str,
         loop: asyncio.AbstractEventLoop,
         tracker: set[Connection] | None = None,
+        starts: StartQueue | None = None,
     ) -> None:
         self._handler = handler
         self._tracker = tracker
+        self._starts = starts
         self.draining = False
         self._error_renderer = error_renderer
         self._settings = settings
@@ -141,6 +146,8 @@ class Connection(asyncio.Protocol):
         self._upgrade = False
         self._pending: deque[Request] = deque()
         self._current: asyncio.Task[None] | None = None
+        self._queued = False
+        """A request is waiting for its turn to start (see :class:`StartQueue`)."""
         self._closed = False
         self._paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -265,7 +272,7 @@ class Connection(asyncio.Protocol):
         method = self.parser.get_method().decode("ascii", "replace")
         keep_alive = self.parser.should_keep_alive() and not self._upgrade
         request = Request(method, self._url, self._headers, body, self, keep_alive)
-        if self._current is None:
+        if self._current is None and not self._queued:
             self._start(request)
         else:
             self._pending.append(request)
@@ -279,6 +286,15 @@ class Connection(asyncio.Protocol):
         self._chunked = False
         self._keep_alive = request.keep_alive and not self.draining
         self._request_method = request.method
+        if self._starts is None:
+            self._begin(request)
+        else:
+            self._queued = True
+            self._starts.start(self, request)
+
+    def _begin(self, request: Request) -> None:
+        """Run the handler for ``request`` (its turn has come)."""
+        self._queued = False
         self._current = self._loop.create_task(self._run(request))
 
     async def _run(self, request: Request) -> None:
@@ -355,14 +371,14 @@ class Connection(asyncio.Protocol):
 
     @property
     def busy(self) -> bool:
-        """A request is being answered on this connection."""
-        return self._current is not None
+        """A request is being answered on this connection, or waits for its turn to start."""
+        return self._current is not None or self._queued
 
     def drain_and_close(self) -> None:
         """Finish the request in progress (if any), then close; close at once when idle."""
         self.draining = True
         self._pending.clear()
-        if self._current is None:
+        if not self.busy:
             self.close()
 
     @property
@@ -463,6 +479,57 @@ class Connection(asyncio.Protocol):
         self._closed = True
 
 
+class StartQueue:
+    """New requests start in turns of a few per event-loop iteration, between the loop's polls.
+
+    A handler's first step (identity, grants, routing, admission, the upstream request) is the
+    costliest part of a request. When hundreds of requests arrive at once, starting them all in
+    one iteration would hold back every stream in flight until the last had started: relayed
+    chunks wait for the loop. In turns of ``per_turn``, the loop reads and relays what arrived
+    between turns, so a burst of arrivals delays streams by one turn at most. The order of
+    arrival is kept; a request whose client left while it waited is not started.
+    """
+
+    __slots__ = ("_loop", "_per_turn", "_started", "_turn_scheduled", "_waiting")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, per_turn: int = _STARTS_PER_TURN) -> None:
+        self._loop = loop
+        self._per_turn = per_turn
+        self._waiting: deque[tuple[Connection, Request]] = deque()
+        self._started = 0
+        self._turn_scheduled = False
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def start(self, conn: Connection, request: Request) -> None:
+        if self._started < self._per_turn and not self._waiting:
+            self._started += 1
+            conn._begin(request)
+        else:
+            self._waiting.append((conn, request))
+        if not self._turn_scheduled:
+            self._turn_scheduled = True
+            self._loop.call_soon(self._turn)
+
+    def _turn(self) -> None:
+        """The next iteration: a new turn starts the next few waiting requests."""
+        self._turn_scheduled = False
+        self._started = 0
+        waiting = self._waiting
+        while waiting and self._started < self._per_turn:
+            conn, request = waiting.popleft()
+            if conn.closed:
+                conn._queued = False
+                continue
+            self._started += 1
+            conn._begin(request)
+        if self._started:
+            self._turn_scheduled = True
+            self._loop.call_soon(self._turn)
+
+
 class HttpServer:
     """Listens on TCP and Unix sockets and serves every connection with one handler."""
 
@@ -472,14 +539,18 @@ class HttpServer:
         self.settings = settings
         self._servers: list[asyncio.AbstractServer] = []
         self._connections: set[Connection] = set()
+        self._starts: StartQueue | None = None
         self.addresses: list[str] = []
 
     def _factory(self, listener: str) -> Callable[[], Connection]:
         loop = asyncio.get_running_loop()
+        if self._starts is None:
+            self._starts = StartQueue(loop)
+        starts = self._starts
 
         def make() -> Connection:
             return Connection(
-                self.handler, self.error_renderer, self.settings, listener, loop, self._connections
+                self.handler, self.error_renderer, self.settings, listener, loop, self._connections, starts
             )
 
         return make
