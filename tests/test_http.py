@@ -203,8 +203,8 @@ def test_a_burst_of_requests_starts_in_turns_with_streams_relayed_between() -> N
     started, relayed, answers = asyncio.run(scenario())
     assert answers == [b"HTTP/1.1 200 OK"] * 40
     per_tick = collections.Counter(started)
-    assert max(per_tick.values()) <= 8
-    assert len(per_tick) >= 5
+    assert max(per_tick.values()) <= 4
+    assert len(per_tick) >= 10
     # The stream kept flowing while the burst started: chunks were written between the turns.
     assert any(min(started) < tick < max(started) for tick in relayed)
 

@@ -32,7 +32,7 @@ _STATUS_LINES: dict[int, bytes] = {}
 _HIGH_WATER = 256 * 1024
 _MAX_HEADER_BYTES = 256 * 1024
 _MAX_PIPELINED = 16
-_STARTS_PER_TURN = 8
+_STARTS_PER_TURN = 4
 
 
 def status_line(status: int) -> bytes:
