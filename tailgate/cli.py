@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from tailgate.store import Store
 
 log = logging.getLogger("tailgate")
+_QUIET_IN_FLIGHT = 8
+"""Requests in flight at or below which the worker's cycle collector may run (see garbage.py)."""
 
 _STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -222,7 +224,8 @@ async def _run(
 
     gateway = Gateway(config, worker=worker, workers=max(workers, 1))
     addresses = await gateway.start(sockets=sockets, reuse_port=sockets is not None)
-    garbage.settle()
+    proxy = gateway.proxy
+    garbage.settle(busy=lambda: proxy.in_flight > _QUIET_IN_FLIGHT)
     if worker == 0:
         for address in addresses:
             log.info("listening on http://%s", address)

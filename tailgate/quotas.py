@@ -248,7 +248,7 @@ async def _answer(future: Verdict, timeout: float) -> list[BucketState]:
     cost a task and several loop look-ups (each a ``getpid`` system call on Python 3.11).
     """
     loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[list[BucketState]] = loop.create_future()
+    waiter: asyncio.Future[list[BucketState] | None] = loop.create_future()
 
     def transfer(done: Verdict) -> None:
         if waiter.done():
@@ -264,11 +264,14 @@ async def _answer(future: Verdict, timeout: float) -> list[BucketState]:
             loop.call_soon_threadsafe(transfer, done)
 
     future.add_done_callback(hand_over)
-    timer = loop.call_later(timeout, expire, waiter)
+    timer = loop.call_later(timeout, expire, waiter, None)
     try:
-        return await waiter
+        states = await waiter
     finally:
         timer.cancel()
+    if states is None:
+        raise TimeoutError(f"no answer from the quota ledger within {timeout:g} seconds")
+    return states
 
 
 def _max_output(body: Mapping[str, Any]) -> int | None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 from collections.abc import Awaitable, Callable
 from typing import cast
 
 import pytest
+import uvloop
 
 from tailgate.errors import GatewayError, UpstreamTimeout, UpstreamUnreachable
 from tailgate.http.client import Origin, UpstreamClosed, UpstreamPool, UpstreamResponse
@@ -242,6 +244,49 @@ def test_the_start_queue_keeps_arrival_order_and_skips_clients_that_left() -> No
     ticks = [tick for tick, _ in begun]
     assert ticks[0] == ticks[1] < ticks[2] == ticks[3] < ticks[4] == ticks[5]
     assert not any(conn._queued for conn in waiting)  # the one that left is no longer waiting
+
+
+def test_closed_connections_leave_no_reference_cycles() -> None:
+    """A closed client or upstream connection is freed by reference counting, not left to the
+    cycle collector (whose full passes stall the event loop for as long as they take)."""
+
+    async def paced_stream(request: Request) -> None:
+        request.conn.start_response(200, [(b"content-type", b"text/event-stream")])
+        for i in range(3):
+            await asyncio.sleep(0.01)
+            request.conn.write(b"data: %d\n\n" % i)
+        request.conn.finish()
+
+    async def scenario() -> None:
+        upstream, upstream_port = await _serve(paced_stream)
+        pool = UpstreamPool()
+        origin = Origin.from_url(f"http://127.0.0.1:{upstream_port}")
+
+        async def relay(request: Request) -> None:
+            answer = await pool.request(origin, b"POST", b"/up", [], request.body, timeout=5)
+            request.conn.start_response(200, [(b"content-type", b"text/event-stream")])
+            await answer.relay(request.conn.write, request.conn)
+            request.conn.finish()
+
+        server, port = await _serve(relay)
+        for _ in range(5):
+            out = await _raw(port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi", wait=0.3)
+            assert out.endswith(b"data: 2\n\n\r\n0\r\n\r\n")
+        await pool.aclose()  # the pooled upstream connections are closed too
+        await asyncio.sleep(0.05)
+        await server.close()
+        await upstream.close()
+
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        uvloop.run(scenario())
+        gc.collect()
+        kinds = collections.Counter(type(o).__name__ for o in gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert not kinds, f"cyclic garbage: {dict(kinds)}"
 
 
 def test_streaming_response_and_head() -> None:

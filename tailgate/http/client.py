@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import socket
 import ssl
 from collections import deque
@@ -27,6 +28,8 @@ from tailgate.http.messages import Headers
 _READ_HIGH_WATER = 1024 * 1024
 _IDLE_KEEPALIVE = 50.0
 _MAX_IDLE_PER_ORIGIN = 1024
+_DETACHED_PARSER = httptools.HttpResponseParser(object())
+"""Stands in for a closed connection's parser, whose callbacks would keep the connection alive."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +74,10 @@ class _UpstreamProtocol(asyncio.Protocol):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.head_waiter: asyncio.Future[None] | None = None
-        self.body_waiter: asyncio.Future[None] | None = None
+        self.parser = _DETACHED_PARSER  # the real one once connected: a failed connect leaves no cycle
+        self.head_waiter: asyncio.Future[bool] | None = None
+        """Completes with ``False`` when the head arrived (or the connection ended), ``True`` on expiry."""
+        self.body_waiter: asyncio.Future[bool] | None = None
         self.status = 0
         self.headers: Headers = []
         self.chunks: deque[bytes] = deque()
@@ -106,6 +110,7 @@ class _UpstreamProtocol(asyncio.Protocol):
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.parser = httptools.HttpResponseParser(self)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):
@@ -116,6 +121,9 @@ class _UpstreamProtocol(asyncio.Protocol):
         if not self.complete and self.error is None:
             self.error = UpstreamClosed(str(exc) if exc else "upstream closed the connection")
         self._wake()
+        # No reference cycle left behind: the parser's callbacks and the transport point back here.
+        self.parser = _DETACHED_PARSER
+        self.transport = None
 
     def data_received(self, data: bytes) -> None:
         self.received_any = True
@@ -154,7 +162,7 @@ class _UpstreamProtocol(asyncio.Protocol):
         self.head_done = True
         waiter = self.head_waiter
         if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+            waiter.set_result(False)
 
     def on_body(self, body: bytes) -> None:
         gathered = self.gathered
@@ -168,7 +176,7 @@ class _UpstreamProtocol(asyncio.Protocol):
             self.transport.pause_reading()
         waiter = self.body_waiter
         if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+            waiter.set_result(False)
 
     def on_message_complete(self) -> None:
         self.complete = True
@@ -200,7 +208,39 @@ class _UpstreamProtocol(asyncio.Protocol):
     def _wake(self) -> None:
         for waiter in (self.head_waiter, self.body_waiter):
             if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(False)
+
+
+class _Silence:
+    """Fails ``waiter`` once the upstream has sent nothing for ``timeout`` seconds; time that
+    reading was paused because the client could not keep up does not count.
+
+    A class rather than a closure that re-arms itself: such a closure refers to itself, and the
+    cycle would leave every stream's objects to the cycle collector.
+    """
+
+    __slots__ = ("_conn", "_handle", "_timeout", "_waiter")
+
+    def __init__(self, conn: _UpstreamProtocol, waiter: asyncio.Future[bool], timeout: float) -> None:
+        self._conn = conn
+        self._waiter = waiter
+        self._timeout = timeout
+        self._handle: asyncio.TimerHandle | None = conn.loop.call_later(timeout, self._check)
+
+    def _check(self) -> None:
+        conn = self._conn
+        idle = conn.loop.time() - conn.last_activity
+        if conn.reading_paused or idle < self._timeout:
+            delay = self._timeout - idle if idle < self._timeout else self._timeout
+            self._handle = conn.loop.call_later(delay, self._check)
+        else:
+            self._handle = None
+            expire(self._waiter, True)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 class UpstreamResponse:
@@ -237,15 +277,15 @@ class UpstreamResponse:
                 return None
             waiter = conn.loop.create_future()
             conn.body_waiter = waiter
-            handle = conn.loop.call_later(self._timeout, expire, waiter)
+            handle = conn.loop.call_later(self._timeout, expire, waiter, True)
             try:
-                await waiter
-            except TimeoutError as exc:
-                self.close()
-                raise UpstreamTimeout(f"the upstream sent nothing for {self._timeout:g} seconds") from exc
+                expired = await waiter
             finally:
                 handle.cancel()
                 conn.body_waiter = None
+            if expired:
+                self.close()
+                raise UpstreamTimeout(f"the upstream sent nothing for {self._timeout:g} seconds")
 
     def take_buffered(self) -> bytes:
         """The body bytes already received (typically with the head), without waiting."""
@@ -271,31 +311,21 @@ class UpstreamResponse:
             deliver(buffered)
         if self._ended():
             return
-        loop = conn.loop
-        waiter = loop.create_future()
+        waiter = conn.loop.create_future()
         conn.body_waiter = waiter
         conn.sink, conn.flow = deliver, flow
-        conn.last_activity = loop.time()
+        conn.last_activity = conn.loop.time()
         timeout = self._timeout
-        handle: list[asyncio.TimerHandle] = []
-
-        def check_idle() -> None:
-            idle = loop.time() - conn.last_activity
-            if conn.reading_paused or idle < timeout:  # paused by the client, not the upstream
-                handle[0] = loop.call_later(timeout - idle if idle < timeout else timeout, check_idle)
-            else:
-                expire(waiter)
-
-        handle.append(loop.call_later(timeout, check_idle))
+        silence = _Silence(conn, waiter, timeout)
         try:
-            await waiter
-        except TimeoutError as exc:
-            self.close()
-            raise UpstreamTimeout(f"the upstream sent nothing for {timeout:g} seconds") from exc
+            expired = await waiter
         finally:
-            handle[0].cancel()
+            silence.cancel()
             conn.sink = conn.flow = None
             conn.body_waiter = None
+        if expired:
+            self.close()
+            raise UpstreamTimeout(f"the upstream sent nothing for {timeout:g} seconds")
         if not self._ended():
             self._fail()
             raise UpstreamClosed("upstream closed the connection")
@@ -320,7 +350,7 @@ class UpstreamResponse:
             return True
         if conn.error is not None:
             self._fail()
-            raise conn.error
+            raise _fresh(conn.error)
         return False
 
     def _fail(self) -> None:
@@ -360,6 +390,7 @@ class UpstreamPool:
     async def _connect(self, origin: Origin) -> _UpstreamProtocol:
         loop = asyncio.get_running_loop()
         ssl_ctx = self._ssl_context() if origin.scheme == "https" else None
+        # Errors are raised after the except clauses, not in them: see _fresh.
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, proto = await loop.create_connection(
@@ -369,16 +400,15 @@ class UpstreamPool:
                     ssl=ssl_ctx,
                     server_hostname=origin.host if ssl_ctx else None,
                 )
-        except TimeoutError as exc:
-            raise UpstreamTimeout(
-                f"could not connect to the upstream {origin.host}:{origin.port} "
-                f"within {self.connect_timeout:g} seconds"
-            ) from exc
+            return proto
+        except TimeoutError:
+            failure = f"within {self.connect_timeout:g} seconds"
         except (OSError, ssl.SSLError) as exc:
-            raise UpstreamUnreachable(
-                f"could not connect to the upstream {origin.host}:{origin.port}: {_describe(exc)}"
-            ) from exc
-        return proto
+            failure = _describe(exc)
+        where = f"the upstream {origin.host}:{origin.port}"
+        if failure.startswith("within "):
+            raise UpstreamTimeout(f"could not connect to {where} {failure}")
+        raise UpstreamUnreachable(f"could not connect to {where}: {failure}")
 
     def _acquire_idle(self, origin: Origin) -> _UpstreamProtocol | None:
         idle = self._idle.get(origin)
@@ -448,9 +478,9 @@ class UpstreamPool:
             conn = await self._connect(origin)
             return await self._exchange(origin, conn, payload, timeout)
         except UpstreamClosed as exc:
-            raise UpstreamUnreachable(
-                f"the upstream {origin.host}:{origin.port} failed before answering: {exc}"
-            ) from exc
+            failure = str(exc)  # raised below, outside the except clause: see _fresh
+        where = f"{origin.host}:{origin.port}"
+        raise UpstreamUnreachable(f"the upstream {where} failed before answering: {failure}")
 
     async def _exchange(
         self, origin: Origin, conn: _UpstreamProtocol, payload: bytes, timeout: float
@@ -460,23 +490,23 @@ class UpstreamPool:
         if not conn.head_done:
             waiter = conn.loop.create_future()
             conn.head_waiter = waiter
-            handle = conn.loop.call_later(timeout, expire, waiter)
+            handle = conn.loop.call_later(timeout, expire, waiter, True)
             try:
-                await waiter
-            except TimeoutError as exc:
-                self._discard(conn)
-                raise UpstreamTimeout(
-                    f"the upstream {origin.host}:{origin.port} did not answer within {timeout:g} seconds"
-                ) from exc
+                expired = await waiter
             except BaseException:
                 self._discard(conn)
                 raise
             finally:
                 handle.cancel()
                 conn.head_waiter = None
+            if expired:
+                self._discard(conn)
+                raise UpstreamTimeout(
+                    f"the upstream {origin.host}:{origin.port} did not answer within {timeout:g} seconds"
+                )
         if not conn.head_done:
             self._discard(conn)
-            raise conn.error or UpstreamClosed("upstream closed the connection")
+            raise _fresh(conn.error) if conn.error else UpstreamClosed("upstream closed the connection")
         return UpstreamResponse(self, origin, conn, timeout)
 
     async def aclose(self) -> None:
@@ -485,6 +515,21 @@ class UpstreamPool:
             for conn in idle:
                 self._discard(conn)
         self._idle.clear()
+
+
+def _fresh(error: BaseException) -> BaseException:
+    """A new exception like ``error``, to raise in its place.
+
+    A raised exception keeps its traceback, and with it the frames it passed through and their
+    locals. Raised from where a local or an attribute still holds it (the connection keeps the
+    error that ended it; ``except ... as exc`` binds one), it forms a reference cycle, which
+    only the cycle collector frees, and it runs rarely (:mod:`tailgate.garbage`). So this module
+    raises only new exceptions, outside ``except`` clauses.
+    """
+    try:
+        return copy.copy(error)
+    except Exception:
+        return UpstreamClosed(str(error))
 
 
 def _describe(exc: BaseException) -> str:
