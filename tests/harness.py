@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import threading
+import types
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,18 @@ from tailgate.record import Record
 from tailgate.store import RecordFilter, Store, open_store
 
 T = TypeVar("T")
+
+
+def gateway_object_kind(obj: object) -> str | None:
+    """What ``obj`` is when it belongs to the gateway (its classes, its parsers, frames of its
+    code), else ``None``: for telling the gateway's cyclic garbage from other code's in a test
+    process that also runs mocks and clients."""
+    if isinstance(obj, types.FrameType):
+        return f"frame {obj.f_code.co_name}" if "/tailgate/" in obj.f_code.co_filename else None
+    module = getattr(type(obj), "__module__", "") or ""
+    if module.startswith("tailgate") or module == "httptools.parser.parser":
+        return type(obj).__qualname__
+    return None
 
 
 def config_from(text: str, environ: dict[str, str] | None = None) -> Config:

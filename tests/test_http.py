@@ -15,6 +15,7 @@ from tailgate.errors import GatewayError, UpstreamTimeout, UpstreamUnreachable
 from tailgate.http.client import Origin, UpstreamClosed, UpstreamPool, UpstreamResponse
 from tailgate.http.messages import Request, Response, StreamingResponse
 from tailgate.http.server import Connection, HttpServer, ServerSettings, StartQueue
+from tests.harness import gateway_object_kind
 
 Handler = Callable[[Request], Awaitable[Response | StreamingResponse | None]]
 
@@ -282,7 +283,7 @@ def test_closed_connections_leave_no_reference_cycles() -> None:
     try:
         uvloop.run(scenario())
         gc.collect()
-        kinds = collections.Counter(type(o).__name__ for o in gc.garbage)
+        kinds = collections.Counter(kind for o in gc.garbage if (kind := gateway_object_kind(o)) is not None)
     finally:
         gc.set_debug(0)
         gc.garbage.clear()

@@ -10,14 +10,13 @@ from __future__ import annotations
 import gc
 import http.client
 import socket
-import types
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from tests.harness import running_gateway
+from tests.harness import gateway_object_kind, running_gateway
 from tests.mock_upstream import MockUpstream
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
@@ -72,17 +71,6 @@ def _hang_up_mid_stream(port: int) -> None:
     sock.close()
 
 
-def _ours(obj: object) -> str | None:
-    """What a garbage object is, when it belongs to the gateway's code."""
-    if isinstance(obj, types.FrameType):
-        name = obj.f_code.co_filename
-        return f"frame {obj.f_code.co_name}" if "/tailgate/" in name else None
-    module = getattr(type(obj), "__module__", "") or ""
-    if module.startswith("tailgate") or module in ("httptools.parser.parser", "uvloop.loop"):
-        return type(obj).__qualname__
-    return None
-
-
 def test_no_path_of_a_request_leaves_a_reference_cycle(mock_upstream: MockUpstream, tmp_path: Path) -> None:
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
@@ -99,7 +87,9 @@ def test_no_path_of_a_request_leaves_a_reference_cycle(mock_upstream: MockUpstre
                 gc.set_debug(gc.DEBUG_SAVEALL)
                 try:
                     gc.collect()
-                    return Counter(kind for obj in gc.garbage if (kind := _ours(obj)) is not None)
+                    return Counter(
+                        kind for obj in gc.garbage if (kind := gateway_object_kind(obj)) is not None
+                    )
                 finally:
                     gc.set_debug(0)
                     gc.garbage.clear()

@@ -212,8 +212,9 @@ class _UpstreamProtocol(asyncio.Protocol):
 
 
 class _Silence:
-    """Fails ``waiter`` once the upstream has sent nothing for ``timeout`` seconds; time that
-    reading was paused because the client could not keep up does not count.
+    """Completes ``waiter`` with ``True`` (expired) once the upstream has sent nothing for
+    ``timeout`` seconds; time that reading was paused because the client could not keep up does
+    not count.
 
     A class rather than a closure that re-arms itself: such a closure refers to itself, and the
     cycle would leave every stream's objects to the cycle collector.
@@ -402,12 +403,12 @@ class UpstreamPool:
                 )
             return proto
         except TimeoutError:
-            failure = f"within {self.connect_timeout:g} seconds"
+            timed_out, failure = True, ""
         except (OSError, ssl.SSLError) as exc:
-            failure = _describe(exc)
+            timed_out, failure = False, _describe(exc)
         where = f"the upstream {origin.host}:{origin.port}"
-        if failure.startswith("within "):
-            raise UpstreamTimeout(f"could not connect to {where} {failure}")
+        if timed_out:
+            raise UpstreamTimeout(f"could not connect to {where} within {self.connect_timeout:g} seconds")
         raise UpstreamUnreachable(f"could not connect to {where}: {failure}")
 
     def _acquire_idle(self, origin: Origin) -> _UpstreamProtocol | None:
