@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from tests.harness import gateway_object_kind, running_gateway
 from tests.mock_upstream import MockUpstream
@@ -71,12 +72,17 @@ def _hang_up_mid_stream(port: int) -> None:
     sock.close()
 
 
-def test_no_path_of_a_request_leaves_a_reference_cycle(mock_upstream: MockUpstream, tmp_path: Path) -> None:
+@pytest.mark.parametrize("recording", ["process", "thread"])
+def test_no_path_of_a_request_leaves_a_reference_cycle(
+    mock_upstream: MockUpstream, tmp_path: Path, recording: str
+) -> None:
+    """With ``recording: "thread"`` the records are metered and stored in the worker's own
+    interpreter, so that path must leave no cycles either."""
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
     dead_url = f"http://127.0.0.1:{closed.getsockname()[1]}"
     closed.close()
-    with running_gateway(_config(mock_upstream.base_url, dead_url), tmp_path, recording="process") as gw:
+    with running_gateway(_config(mock_upstream.base_url, dead_url), tmp_path, recording=recording) as gw:
         port = gw.port
         assert _post(port, "/v1/chat/completions", CHAT) == 200  # warm: first-use caches
         gc.collect()
