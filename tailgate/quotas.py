@@ -175,16 +175,21 @@ class QuotaPolicy:
             if now is not None:
                 return now
         future = self._ledger.submit(specs, estimate)
+        done: Verdict | None = None
         try:
-            return await _answer(future, self._ledger.stall_timeout)
-        except LedgerUnavailable as exc:
-            wait = exc.retry_after
-        except (asyncio.CancelledError, TimeoutError) as exc:
-            # The caller left, or the store hangs: give back whatever the admission reserves.
-            future.add_done_callback(lambda f: self._release_if_admitted(f, specs, estimate))
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            done = await _answer(future, self._ledger.stall_timeout)
+        finally:
+            if done is None:  # the caller left, or the store hangs: give back what it reserves
+                future.add_done_callback(lambda f: self._release_if_admitted(f, specs, estimate))
+        if done is None:
             wait = 1
+        else:
+            error = done.exception()
+            if error is None:
+                return done.result()
+            if not isinstance(error, LedgerUnavailable):
+                raise error
+            wait = error.retry_after
         raise QuotaUnavailable(
             "quota balances cannot be checked right now (the database is unavailable), so requests"
             f" with quotas are refused; try again in {wait} seconds",
@@ -241,23 +246,21 @@ class QuotaPolicy:
         return out
 
 
-async def _answer(future: Verdict, timeout: float) -> list[BucketState]:
-    """The ledger thread's answer, awaited on the event loop; ``TimeoutError`` after ``timeout``.
+async def _answer(future: Verdict, timeout: float) -> Verdict | None:
+    """``future`` once the ledger's thread has decided it, awaited on the event loop; ``None``
+    after ``timeout``.
 
     One loop future resolved from the ledger's thread: ``asyncio.wrap_future`` and ``wait_for``
-    cost a task and several loop look-ups (each a ``getpid`` system call on Python 3.11).
+    cost a task and several loop look-ups (each a ``getpid`` system call on Python 3.11). The
+    decided future is handed over as a value: a loop future failed with the ledger's error would
+    refer, through the raised error's traceback, to the frame awaiting it (see :mod:`tailgate.deadline`).
     """
     loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[list[BucketState] | None] = loop.create_future()
+    waiter: asyncio.Future[Verdict | None] = loop.create_future()
 
     def transfer(done: Verdict) -> None:
-        if waiter.done():
-            return
-        error = done.exception()
-        if error is not None:
-            waiter.set_exception(error)
-        else:
-            waiter.set_result(done.result())
+        if not waiter.done():
+            waiter.set_result(done)
 
     def hand_over(done: Verdict) -> None:  # on the ledger's thread
         with contextlib.suppress(RuntimeError):  # the loop already closed (shutdown)
@@ -266,12 +269,9 @@ async def _answer(future: Verdict, timeout: float) -> list[BucketState]:
     future.add_done_callback(hand_over)
     timer = loop.call_later(timeout, expire, waiter, None)
     try:
-        states = await waiter
+        return await waiter
     finally:
         timer.cancel()
-    if states is None:
-        raise TimeoutError(f"no answer from the quota ledger within {timeout:g} seconds")
-    return states
 
 
 def _max_output(body: Mapping[str, Any]) -> int | None:

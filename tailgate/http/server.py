@@ -122,8 +122,8 @@ class Connection(asyncio.Protocol):
         settings: ServerSettings,
         listener: str,
         loop: asyncio.AbstractEventLoop,
+        starts: StartQueue,
         tracker: set[Connection] | None = None,
-        starts: StartQueue | None = None,
     ) -> None:
         self._handler = handler
         self._tracker = tracker
@@ -188,7 +188,7 @@ class Connection(asyncio.Protocol):
         self._pending.clear()
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
-            waiter.set_exception(ConnectionResetError("client disconnected"))
+            waiter.set_result(None)  # drain() sees the connection closed
         # The parser (through its callbacks) and the transport refer back to this connection:
         # letting go of both frees it at once, instead of leaving a cycle for the collector,
         # whose full passes then take longer and hold up every stream.
@@ -293,11 +293,8 @@ class Connection(asyncio.Protocol):
         self._chunked = False
         self._keep_alive = request.keep_alive and not self.draining
         self._request_method = request.method
-        if self._starts is None:
-            self._begin(request)
-        else:
-            self._queued = True
-            self._starts.start(self, request)
+        self._queued = True
+        self._starts.start(self, request)
 
     def _begin(self, request: Request) -> None:
         """Run the handler for ``request`` (its turn has come)."""
@@ -462,6 +459,8 @@ class Connection(asyncio.Protocol):
         if self._drain_waiter is None or self._drain_waiter.done():
             self._drain_waiter = self._loop.create_future()
         await self._drain_waiter
+        if self._closed:  # a new error, not one kept on the future: see tailgate.deadline
+            raise ConnectionResetError("client disconnected")
 
     async def send(self, response: Response | StreamingResponse) -> None:
         if isinstance(response, Response):
@@ -528,7 +527,7 @@ class StartQueue:
         while waiting and self._started < self._per_turn:
             conn, request = waiting.popleft()
             if conn.closed:
-                conn._queued = False
+                conn._queued = False  # the client left while it waited: never started
                 continue
             self._started += 1
             conn._begin(request)
@@ -557,7 +556,7 @@ class HttpServer:
 
         def make() -> Connection:
             return Connection(
-                self.handler, self.error_renderer, self.settings, listener, loop, self._connections, starts
+                self.handler, self.error_renderer, self.settings, listener, loop, starts, self._connections
             )
 
         return make
